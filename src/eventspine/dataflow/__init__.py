@@ -1,0 +1,1 @@
+"""Pure pipeline definitions: steps, expressions, windows, aggregations and ports."""

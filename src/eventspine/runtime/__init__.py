@@ -1,0 +1,1 @@
+"""The runtime: compiles pipelines into operators and runs them (loops, time, state)."""

@@ -1,0 +1,250 @@
+"""Fused chains of stateless steps: map, filter, flat_map, key_by.
+
+Consecutive stateless steps with one consumer each run as one operator. Each
+stage runs over the whole batch: vectorized with polars when the batch is
+columnar and the stage is an expression over named fields, otherwise as a
+tight Python loop over rows. The loops have no per-record bookkeeping: when
+user code raises, the loop resumes after the failing record once the step's
+error policy has dealt with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import compress, islice
+from typing import TYPE_CHECKING, Any
+
+from eventspine.dataflow.expr import Expr
+from eventspine.dataflow.steps import FilterStep, FlatMapStep, KeyByStep, MapStep, Step
+from eventspine.errors import StepError
+from eventspine.records import KEY_COL, Batch, field_getter, record_fields
+from eventspine.runtime.operator import ErrorBoundary, Operator
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from eventspine.runtime.metrics import StepMetrics
+
+__all__ = ["FusedChain", "Stage", "make_stage"]
+
+Fn = Callable[[Any], Any]
+
+
+class Stage:
+    """One stateless step inside a fused chain."""
+
+    __slots__ = ("boundary", "fn", "kind", "metrics", "name", "vector")
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        fn: Fn,
+        vector: Callable[[pl.DataFrame], pl.DataFrame] | None,
+        boundary: ErrorBoundary,
+        metrics: StepMetrics,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.fn = fn
+        self.vector = vector
+        self.boundary = boundary
+        self.metrics = metrics
+
+    def apply(self, batch: Batch) -> Batch:
+        """Run the stage over a batch and return the resulting batch."""
+        self.metrics.records_in += len(batch)
+        self.metrics.batches += 1
+        if self.vector is not None and batch.is_columnar:
+            try:
+                out = batch.with_frame(self.vector(batch.frame), batch.record_type)
+            except Exception as exc:
+                raise StepError(self.name, "the expression", exc, partition=batch.partition) from exc
+        elif self.kind == "filter":
+            out = self._filter(batch)
+        elif self.kind == "key_by":
+            out = self._key(batch)
+        elif self.kind == "flat_map":
+            out = self._flat_map(batch)
+        else:
+            out = self._map(batch)
+        self.metrics.records_out += len(out)
+        return out
+
+    def _rows_with_policy(self, batch: Batch) -> tuple[list[Any], list[int]]:
+        """Return ``fn(r)`` for every row that did not fail, and the failed row indices.
+
+        ``list.extend`` keeps what was appended before an exception, so after a
+        failure the loop resumes right after the failing record: user code runs
+        exactly once per record, and the fast path has no per-record bookkeeping.
+        """
+        rows = batch.rows
+        fn = self.fn
+        out: list[Any] = []
+        failed: list[int] = []
+        start = 0
+        n = len(rows)
+        while start < n:
+            base = len(out)
+            try:
+                out.extend(map(fn, islice(rows, start, None) if start else rows))
+                break
+            except Exception as exc:
+                idx = start + (len(out) - base)
+                self.boundary.user_error(exc, batch, idx)
+                failed.append(idx)
+                start = idx + 1
+        return out, failed
+
+    def _map(self, batch: Batch) -> Batch:
+        values, failed = self._rows_with_policy(batch)
+        ts, keys, offs = _drop(batch, failed)
+        return batch.with_rows(values, ts, keys, offs)
+
+    def _key(self, batch: Batch) -> Batch:
+        keys, failed = self._rows_with_policy(batch)
+        rows, ts, _old, offs = _drop_rows(batch, failed)
+        return batch.with_rows(rows, ts, keys, offs)
+
+    def _filter(self, batch: Batch) -> Batch:
+        mask, failed = self._rows_with_policy(batch)
+        rows, ts, keys, offs = _drop_rows(batch, failed)
+        keep = [bool(m) for m in mask]
+        return batch.with_rows(
+            list(compress(rows, keep)),
+            list(compress(ts, keep)),
+            None if keys is None else list(compress(keys, keep)),
+            None if offs is None else list(compress(offs, keep)),
+        )
+
+    def _flat_map(self, batch: Batch) -> Batch:
+        fn = self.fn
+        rows, ts_in = batch.rows, batch.ts
+        keys_in, offs_in = batch.keys, batch.offsets
+        out: list[Any] = []
+        ts: list[int] = []
+        keys: list[Any] | None = None if keys_in is None else []
+        offs: list[int] | None = None if offs_in is None else []
+        for i, r in enumerate(rows):
+            try:
+                produced = list(fn(r))
+            except Exception as exc:
+                self.boundary.user_error(exc, batch, i)
+                continue
+            if not produced:
+                continue
+            n = len(produced)
+            out.extend(produced)
+            ts.extend([ts_in[i]] * n)
+            if keys is not None and keys_in is not None:
+                keys.extend([keys_in[i]] * n)
+            if offs is not None and offs_in is not None:
+                offs.extend([offs_in[i]] * n)
+        return batch.with_rows(out, ts, keys, offs)
+
+
+def _drop(batch: Batch, failed: list[int]) -> tuple[list[int], list[Any] | None, list[int] | None]:
+    _rows, ts, keys, offs = _drop_rows(batch, failed, with_rows=False)
+    return ts, keys, offs
+
+
+def _drop_rows(
+    batch: Batch, failed: list[int], *, with_rows: bool = True
+) -> tuple[list[Any], list[int], list[Any] | None, list[int] | None]:
+    rows = batch.rows if with_rows else []
+    ts, keys, offs = batch.ts, batch.keys, batch.offsets
+    if not failed:
+        return rows, ts, keys, offs
+    bad = set(failed)
+    keep = [i not in bad for i in range(len(ts))]
+    return (
+        list(compress(rows, keep)) if with_rows else [],
+        list(compress(ts, keep)),
+        None if keys is None else list(compress(keys, keep)),
+        None if offs is None else list(compress(offs, keep)),
+    )
+
+
+def _set_fields(exprs: dict[str, Fn]) -> Fn:
+    items = list(exprs.items())
+
+    def setter(record: Any) -> dict[str, Any]:
+        out = dict(record_fields(record))
+        for name, f in items:
+            out[name] = f(record)
+        return out
+
+    return setter
+
+
+def make_stage(
+    step: Step,
+    record_type: type | None,
+    boundary: ErrorBoundary,
+    metrics: StepMetrics,
+) -> Stage:
+    """Compile a stateless step spec into a :class:`Stage`."""
+    import polars as pl
+
+    vector: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    if isinstance(step, MapStep):
+        if step.fn is not None:
+            return Stage(step.name, "map", step.fn, None, boundary, metrics)
+        py = {k: e.to_python(record_type) for k, e in step.exprs.items()}
+        pol = {k: e.to_polars() for k, e in step.exprs.items()}
+
+        def set_cols(df: pl.DataFrame) -> pl.DataFrame:
+            return df.with_columns(**pol)
+
+        return Stage(step.name, "map", _set_fields(py), set_cols, boundary, metrics)
+    if isinstance(step, FilterStep):
+        pred = step.predicate
+        if isinstance(pred, Expr):
+            pe = pred.to_polars()
+
+            def keep(df: pl.DataFrame) -> pl.DataFrame:
+                return df.filter(pe)
+
+            return Stage(step.name, "filter", pred.to_python(record_type), keep, boundary, metrics)
+        return Stage(step.name, "filter", pred, None, boundary, metrics)
+    if isinstance(step, FlatMapStep):
+        return Stage(step.name, "flat_map", step.fn, None, boundary, metrics)
+    if isinstance(step, KeyByStep):
+        key = step.key
+        if isinstance(key, str):
+            key = Expr("col", key)
+        if isinstance(key, Expr):
+            ke = key.to_polars().alias(KEY_COL)
+
+            def add_key(df: pl.DataFrame) -> pl.DataFrame:
+                return df.with_columns(ke)
+
+            vector = add_key
+            return Stage(step.name, "key_by", key.to_python(record_type), vector, boundary, metrics)
+        return Stage(step.name, "key_by", key, None, boundary, metrics)
+    raise AssertionError(f"{step.kind} is not a stateless step")
+
+
+def field_fn(source: str | Expr | Fn, record_type: type | None) -> Fn:
+    """Return a per-record function for a field name, expression or function."""
+    if isinstance(source, str):
+        return field_getter(source, record_type)
+    if isinstance(source, Expr):
+        return source.to_python(record_type)
+    return source
+
+
+class FusedChain(Operator):
+    """Runs a chain of stateless stages over each batch, as one operator."""
+
+    def __init__(self, name: str, metrics: StepMetrics, stages: Iterable[Stage]) -> None:
+        super().__init__(name, metrics)
+        self.stages = list(stages)
+
+    def on_batch(self, batch: Batch, port: int) -> None:
+        """Run every stage in order; emit what is left."""
+        for stage in self.stages:
+            batch = stage.apply(batch)
+            if not len(batch):
+                return
+        self.out.emit(batch)
