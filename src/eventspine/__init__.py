@@ -14,8 +14,12 @@ Run it with ``eventspine run ticks.py:p``. Importing eventspine does no I/O
 and imports no heavy library; those load when a pipeline runs.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from eventspine._version import __version__
+from eventspine.connectors.files import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource
 from eventspine.connectors.memory import CollectSink, MemorySource
+from eventspine.connectors.stdout import StdoutSink
 from eventspine.dataflow.aggregations import (
     Agg,
     Aggregator,
@@ -25,12 +29,18 @@ from eventspine.dataflow.aggregations import (
     distinct_count,
     first,
     last,
-    max_ as max,  # noqa: A004  # es.max mirrors the builtin on purpose
     mean,
-    min_ as min,  # noqa: A004  # es.min mirrors the builtin on purpose
     quantiles,
-    sum_ as sum,  # noqa: A004  # es.sum mirrors the builtin on purpose
     top_k,
+)
+from eventspine.dataflow.aggregations import (
+    max_ as max,  # es.max mirrors the builtin on purpose
+)
+from eventspine.dataflow.aggregations import (
+    min_ as min,  # es.min mirrors the builtin on purpose
+)
+from eventspine.dataflow.aggregations import (
+    sum_ as sum,  # es.sum mirrors the builtin on purpose
 )
 from eventspine.dataflow.expr import Expr, col, lit
 from eventspine.dataflow.pipeline import KeyedStream, Pipeline, Stream, WindowedStream
@@ -72,6 +82,9 @@ from eventspine.errors import (
 from eventspine.records import Event
 from eventspine.runtime.executor import RunOptions, run
 from eventspine.timeutil import ManualClock, SystemClock
+
+if _TYPE_CHECKING:
+    from eventspine.connectors.generator import GeneratorSource
 
 __all__ = [
     "__version__",
@@ -128,6 +141,12 @@ __all__ = [
     "RunOptions",
     # connectors
     "MemorySource",
+    "JsonLinesSource",
+    "CsvSource",
+    "GeneratorSource",
+    "JsonLinesSink",
+    "CsvSink",
+    "StdoutSink",
     "CollectSink",
     # clocks
     "ManualClock",
@@ -141,3 +160,17 @@ __all__ = [
     "SourceError",
     "SinkError",
 ]
+
+
+# Names whose modules import heavy libraries (numpy), loaded on first use.
+_LAZY = {"testing": "eventspine.testing", "GeneratorSource": "eventspine.connectors.generator"}
+
+
+def __getattr__(name: str) -> object:
+    """Load ``es.testing`` and ``es.GeneratorSource`` on first use (keeps the import light)."""
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return module if name == "testing" else getattr(module, name)
+    raise AttributeError(f"module 'eventspine' has no attribute {name!r}")

@@ -1,14 +1,13 @@
 """Run settings: the only module that reads ``EVENTSPINE_*`` env vars and ``eventspine.toml``.
 
-Every setting has one name, spelled three ways::
+Every setting has one name, spelled three ways (option, variable, TOML key)::
 
-    setting              command line            environment                      eventspine.toml
-    state_dir            --state-dir D           EVENTSPINE_STATE_DIR             state_dir = "D"
-    log_url              --log-url URL           EVENTSPINE_LOG_URL               log_url = "sqlite:///..."
-    metrics_port         --metrics-port N        EVENTSPINE_METRICS_PORT          metrics_port = 9464
-    latency_budget_ms    --latency-budget-ms N   EVENTSPINE_LATENCY_BUDGET_MS     latency_budget_ms = 20
-    flush_interval_ms    --flush-interval-ms N   EVENTSPINE_FLUSH_INTERVAL_MS     flush_interval_ms = 1000
-    log_level            --log-level L           EVENTSPINE_LOG_LEVEL             log_level = "INFO"
+    --state-dir D            EVENTSPINE_STATE_DIR           state_dir = "./.eventspine"
+    --log-url URL            EVENTSPINE_LOG_URL             log_url = "sqlite:///./.eventspine/log.db"
+    --metrics-port N         EVENTSPINE_METRICS_PORT        metrics_port = 9464
+    --latency-budget-ms N    EVENTSPINE_LATENCY_BUDGET_MS   latency_budget_ms = 20
+    --flush-interval-ms N    EVENTSPINE_FLUSH_INTERVAL_MS   flush_interval_ms = 1000
+    --log-level L            EVENTSPINE_LOG_LEVEL           log_level = "INFO"
 
 Precedence: command line > environment > ``eventspine.toml`` > defaults. The
 TOML file is ``./eventspine.toml`` when it exists, or the file named by
@@ -121,7 +120,7 @@ def _read_toml(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> d
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(
             f"the settings file '{p}' cannot be read: {exc}; it must be TOML with "
-            f"top-level keys such as state_dir = \"./.eventspine\""
+            f'top-level keys such as state_dir = "./.eventspine"'
         ) from exc
 
 

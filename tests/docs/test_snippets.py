@@ -37,6 +37,11 @@ def test_doc_snippets_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_examples_run(example: Path, tmp_path: Path) -> None:
     env = {**os.environ, "EVENTSPINE_EXAMPLE_SMALL": "1"}
     out = subprocess.run(
-        [sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, str(example)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -29,7 +29,16 @@ def _mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     f = tmp_path / "snippet.py"
     f.write_text(textwrap.dedent(code))
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--config-file", "/dev/null", str(f)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--config-file",
+            "/dev/null",
+            str(f),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any, final
 
 from eventspine.dataflow.ports import Chunk, OpenContext, SourceReader
@@ -83,7 +84,6 @@ class _MemoryReader:
 def _columns(rows: list[dict[str, Any]]) -> Any:
     """Build a frame from dict rows column by column (much faster than row by row)."""
     import polars as pl
-    from operator import itemgetter
 
     names = list(rows[0])
     try:

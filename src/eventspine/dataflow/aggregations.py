@@ -245,7 +245,8 @@ class _DistinctCount:
         return union.get_result()
 
     def result(self, acc: Any) -> int:
-        return int(round(acc.get_estimate()))
+        estimate: float = acc.get_estimate()
+        return round(estimate)
 
 
 class _Quantiles:
@@ -304,7 +305,9 @@ class _TopK:
 
 def _need_source(kind: str, source: Any) -> None:
     if source is None or (isinstance(source, str) and not source):
-        raise DefinitionError(f"{kind}() needs a field name, an es.col(...) expression or a function")
+        raise DefinitionError(
+            f"{kind}() needs a field name, an es.col(...) expression or a function"
+        )
 
 
 def count() -> Agg[int]:

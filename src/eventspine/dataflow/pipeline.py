@@ -86,7 +86,8 @@ class Pipeline:
 
         Args:
             name: the step name.
-            source: where records come from (``es.JsonLinesSource(...)``, ``es.MemorySource(...)``...).
+            source: where records come from (``es.JsonLinesSource(...)``,
+                ``es.MemorySource(...)``...).
             timestamps: how records get their event time; ``None`` means processing time
                 (the wall clock when the record is read).
             on_error: what to do with records that cannot be decoded.
@@ -240,7 +241,11 @@ class Stream(Generic[T]):
         return Stream(self._pipeline, (name, "main"))
 
     def filter(
-        self, name: str, predicate: Callable[[T], bool] | Expr, *, on_error: ErrorPolicy | None = None
+        self,
+        name: str,
+        predicate: Callable[[T], bool] | Expr,
+        *,
+        on_error: ErrorPolicy | None = None,
     ) -> Stream[T]:
         """Keep the records for which ``predicate`` is true (a function or an expression)."""
         if not isinstance(predicate, Expr):
@@ -261,7 +266,11 @@ class Stream(Generic[T]):
         return Stream(self._pipeline, (name, "main"))
 
     def key_by(
-        self, name: str, key: str | Expr | Callable[[T], Any], *, on_error: ErrorPolicy | None = None
+        self,
+        name: str,
+        key: str | Expr | Callable[[T], Any],
+        *,
+        on_error: ErrorPolicy | None = None,
     ) -> KeyedStream[T]:
         """Key the records by a field name, an expression or a function."""
         if isinstance(key, str):
@@ -419,6 +428,8 @@ class KeyedStream(Stream[T]):
         """Join with ``other`` on key where the right record is within a time bound of the left.
 
         Args:
+            name: the step name.
+            other: the right-hand keyed stream.
             within: symmetric bound: ``|right.ts - left.ts| <= within`` (inclusive).
             between: asymmetric bounds ``(lower, upper)``: ``lower <= right.ts - left.ts <= upper``.
             how: ``"inner"``; ``"left"``/``"right"``/``"outer"`` also emit unmatched records
@@ -426,7 +437,9 @@ class KeyedStream(Stream[T]):
             combine: ``(left, right) -> record``; default ``{key, "left": l, "right": r}``.
         """
         if not isinstance(other, KeyedStream):
-            raise DefinitionError(f"step '{name}': interval_join needs a keyed stream on both sides")
+            raise DefinitionError(
+                f"step '{name}': interval_join needs a keyed stream on both sides"
+            )
         self._pipeline._check_owned(other, name)
         if (within is None) == (between is None):
             raise DefinitionError(

@@ -109,7 +109,8 @@ class Tumbling(WindowKind):
         _positive_ms(self.size, "Tumbling size")
 
     def __repr__(self) -> str:
-        return f"Tumbling(size_ms={to_duration_ms(self.size)}, offset_ms={to_duration_ms(self.offset)})"
+        size, offset = to_duration_ms(self.size), to_duration_ms(self.offset)
+        return f"Tumbling(size_ms={size}, offset_ms={offset})"
 
 
 @final
@@ -171,7 +172,7 @@ class Session(WindowKind):
 @final
 @dataclass(frozen=True, repr=False)
 class Count(WindowKind):
-    """Every ``size`` records of a key, in arrival order (a partial window is flushed at end of input)."""
+    """Every ``size`` records of a key, in arrival order (a partial window flushes at the end)."""
 
     size: int
 
@@ -236,7 +237,7 @@ class LinearDecay(Decay):
 @final
 @dataclass(frozen=True)
 class CustomDecay(Decay):
-    """Weight given by a function of age (a ``timedelta``); records older than ``horizon`` weigh 0."""
+    """Weight given by a function of age (a ``timedelta``); older than ``horizon`` weighs 0."""
 
     fn: Callable[[timedelta], float]
     horizon: timedelta

@@ -59,3 +59,15 @@ def check_in_range(topic: str, partition: int, offset: int, log_start: int, end:
             f"offset {offset} is beyond the end of {topic}[{partition}]: the next record "
             f"appended will get offset {end}"
         )
+
+
+def spec_difference(existing: TopicSpec, wanted: TopicSpec) -> str:
+    """Return a sentence naming the settings that differ ('' if none)."""
+    old, new = existing.settings(), wanted.settings()
+    diffs = [f"{k}={old[k]!r} (requested {new[k]!r})" for k in old if old[k] != new[k]]
+    if not diffs:
+        return ""
+    return (
+        f"topic {existing.name!r} already exists with " + ", ".join(diffs) + "; the settings "
+        "of a topic cannot change: use the existing settings or a new topic name"
+    )

@@ -45,25 +45,36 @@ _DECODER = msgspec.msgpack.Decoder(list[StoredRecord])
 _FIELDS = ("key", "value", "ts_ms", "headers", "offset")
 _PATH = re.compile(r"\$\[(\d+)\](?:\[(\d+)\])?")
 _TS = itemgetter(2)
-_Row = tuple[bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...], int]
+_KEY = itemgetter(0)
+_INT64_MAX = (1 << 63) - 1
 
 
 class EncodedBatch(NamedTuple):
-    """A batch ready to store: its body and its (validated, decoded) records."""
+    """A batch ready to store.
+
+    Attributes:
+        payload: the stored form (header and body), written in place.
+        size: the body's length in bytes (what size retention counts).
+        records: the decoded records, if asked for (the memory backend keeps them).
+    """
 
     base_offset: int
     last_offset: int
     max_ts: int
-    body: bytes
-    records: list[StoredRecord]
+    payload: bytearray
+    size: int
+    records: list[StoredRecord] | None
 
 
 class BadBatchError(ValueError):
     """A stored batch failed a check; the backend turns it into ``StorageCorruptError``."""
 
 
+_Row = tuple[bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...], int]
+
+
 def encode_records(
-    where: str, records: Sequence[LogRecord], base_offset: int, *, keyed: bool
+    where: str, records: Sequence[LogRecord], base_offset: int, *, keyed: bool, decode: bool
 ) -> list[EncodedBatch]:
     """Validate and encode ``records`` as batches starting at ``base_offset``.
 
@@ -72,12 +83,13 @@ def encode_records(
         records: the records, in order (non-empty).
         base_offset: the offset of the first record.
         keyed: every record must have a key (compacted topics).
+        decode: also return the records as ``StoredRecord`` objects.
 
     Raises:
         LogError: a record is invalid; the message names its index and field.
     """
     try:
-        rows = [
+        rows: list[_Row] = [
             (r.key, r.value, r.ts_ms, r.headers, o)
             for o, r in zip(range(base_offset, base_offset + len(records)), records, strict=True)
         ]
@@ -89,37 +101,61 @@ def encode_records(
         ) from None
     batches: list[EncodedBatch] = []
     for start in range(0, len(rows), MAX_BATCH_RECORDS):
-        _encode_rows(where, rows[start : start + MAX_BATCH_RECORDS], start, keyed, batches)
+        chunk = rows[start : start + MAX_BATCH_RECORDS]
+        _encode_rows(where, chunk, start, keyed, decode, batches)
     return batches
 
 
 def _encode_rows(
-    where: str, rows: list[_Row], first: int, keyed: bool, out: list[EncodedBatch]
+    where: str, rows: list[_Row], first: int, keyed: bool, decode: bool, out: list[EncodedBatch]
 ) -> None:
+    payload = bytearray(HEADER.size)
     try:
-        body = _ENCODER.encode(rows)
+        _ENCODER.encode_into(rows, payload, HEADER.size)
     except (TypeError, OverflowError) as exc:
         raise LogError(
             f"a record appended to {where} cannot be stored: {exc}; keys and values must be "
             f"bytes or None, ts_ms an int64, headers a tuple of (str, bytes); nothing was written"
         ) from None
-    if len(body) > MAX_BATCH_BYTES and len(rows) > 1:
+    size = len(payload) - HEADER.size
+    if size > MAX_BATCH_BYTES and len(rows) > 1:
         half = len(rows) // 2
-        _encode_rows(where, rows[:half], first, keyed, out)
-        _encode_rows(where, rows[half:], first + half, keyed, out)
+        _encode_rows(where, rows[:half], first, keyed, decode, out)
+        _encode_rows(where, rows[half:], first + half, keyed, decode, out)
         return
-    try:
-        records = _DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise LogError(_invalid_message(where, str(exc), first)) from None
-    if keyed and any(r.key is None for r in records):
-        bad = first + next(i for i, r in enumerate(records) if r.key is None)
+    max_ts: int = max(map(_TS, rows))
+    records = None
+    with memoryview(payload) as view, view[HEADER.size :] as body:
+        if decode or max_ts > _INT64_MAX or not _plain(rows):
+            try:
+                records = _DECODER.decode(body)
+            except msgspec.ValidationError as exc:
+                raise LogError(_invalid_message(where, str(exc), first)) from None
+        HEADER.pack_into(payload, 0, FORMAT_VERSION, zlib.crc32(body))
+    if keyed and None in map(_KEY, rows):
+        bad = first + next(i for i, row in enumerate(rows) if row[0] is None)
         raise LogError(
             f"record {bad} appended to {where} has no key, but the topic is compacted "
             f"and compaction keeps the latest record per key; nothing was written"
         )
-    max_ts: int = max(map(_TS, rows))
-    out.append(EncodedBatch(records[0].offset, records[-1].offset, max_ts, body, records))
+    out.append(EncodedBatch(rows[0][4], rows[-1][4], max_ts, payload, size, records))
+
+
+def _plain(rows: list[_Row]) -> bool:
+    """Return whether every record is trivially valid (the fast path of validation).
+
+    Records with headers, or anything unusual, take the full check: decoding
+    the body, which also names the first bad field.
+    """
+    for key, value, ts, headers, _ in rows:
+        if (
+            (key is not None and type(key) is not bytes)
+            or (value is not None and type(value) is not bytes)
+            or type(ts) is not int
+            or headers
+        ):
+            return False
+    return True
 
 
 def _invalid_message(where: str, detail: str, first: int) -> str:
@@ -138,14 +174,13 @@ def _invalid_message(where: str, detail: str, first: int) -> str:
 
 def encode_stored(records: list[StoredRecord]) -> EncodedBatch:
     """Re-encode already stored records (after compaction), keeping their offsets."""
-    body = _ENCODER.encode(records)
+    payload = bytearray(HEADER.size)
+    _ENCODER.encode_into(records, payload, HEADER.size)
+    with memoryview(payload) as view, view[HEADER.size :] as body:
+        HEADER.pack_into(payload, 0, FORMAT_VERSION, zlib.crc32(body))
     max_ts = max(r.ts_ms for r in records)
-    return EncodedBatch(records[0].offset, records[-1].offset, max_ts, body, records)
-
-
-def frame(body: bytes) -> bytes:
-    """Return the stored form of a batch body: version byte, CRC-32, body."""
-    return HEADER.pack(FORMAT_VERSION, zlib.crc32(body)) + body
+    size = len(payload) - HEADER.size
+    return EncodedBatch(records[0].offset, records[-1].offset, max_ts, payload, size, records)
 
 
 def unframe(payload: bytes, base_offset: int, last_offset: int, count: int) -> list[StoredRecord]:

@@ -79,6 +79,8 @@ class BufferedTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._state != _OPEN:
+            return
         pending, self._pending = self._pending, Pending({}, {})
         self._state = _DONE
         if exc_type is None:

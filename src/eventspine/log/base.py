@@ -181,18 +181,6 @@ class TopicInfo(msgspec.Struct, frozen=True):
         return self.spec.name
 
 
-def spec_difference(existing: TopicSpec, wanted: TopicSpec) -> str:
-    """Return a sentence naming the settings that differ ('' if none)."""
-    old, new = existing.settings(), wanted.settings()
-    diffs = [f"{k}={old[k]!r} (requested {new[k]!r})" for k in old if old[k] != new[k]]
-    if not diffs:
-        return ""
-    return (
-        f"topic {existing.name!r} already exists with " + ", ".join(diffs) + "; the settings "
-        "of a topic cannot change: use the existing settings or a new topic name"
-    )
-
-
 class LogTransaction(Protocol):
     """Writes that become visible together, or not at all.
 

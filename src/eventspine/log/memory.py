@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self, final
 
 from eventspine.errors import LogError, TopicNotFoundError
-from eventspine.log._checks import check_in_range, check_partition, check_read
+from eventspine.log._checks import check_in_range, check_partition, check_read, spec_difference
 from eventspine.log._codec import EncodedBatch, encode_records, encode_stored
 from eventspine.log._retention import BatchSummary, compact_batch, expired_prefix, latest_offsets
 from eventspine.log._txn import BufferedTransaction, Pending
@@ -32,7 +32,6 @@ from eventspine.log.base import (
     StoredRecord,
     TopicInfo,
     TopicSpec,
-    spec_difference,
 )
 
 __all__ = ["MemoryLog"]
@@ -44,9 +43,10 @@ class _Batch:
     __slots__ = ("max_ts", "records", "size")
 
     def __init__(self, encoded: EncodedBatch) -> None:
-        self.records = encoded.records
+        assert encoded.records is not None, "encoded with decode=True"
+        self.records: list[StoredRecord] = encoded.records
         self.max_ts = encoded.max_ts
-        self.size = len(encoded.body)
+        self.size = encoded.size
 
     def summary(self) -> BatchSummary:
         return BatchSummary(self.records[-1].offset, self.max_ts, self.size)
@@ -141,7 +141,7 @@ class MemoryLog:
             first = part.end
             if records:
                 where = f"{topic}[{partition}]"
-                part.add(encode_records(where, records, first, keyed=spec.compacted))
+                part.add(encode_records(where, records, first, keyed=spec.compacted, decode=True))
             return first
 
     def read(
@@ -184,7 +184,7 @@ class MemoryLog:
                 if records:
                     where = f"{topic}[{partition}]"
                     encoded = encode_records(
-                        where, records, parts[partition].end, keyed=spec.compacted
+                        where, records, parts[partition].end, keyed=spec.compacted, decode=True
                     )
                     staged.append((parts[partition], encoded))
             # Everything is validated: from here on nothing can fail.

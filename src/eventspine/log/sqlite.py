@@ -41,13 +41,12 @@ from types import TracebackType
 from typing import Self, final, get_args
 
 from eventspine.errors import ConfigError, LogError, StorageCorruptError, TopicNotFoundError
-from eventspine.log._checks import check_in_range, check_partition, check_read
+from eventspine.log._checks import check_in_range, check_partition, check_read, spec_difference
 from eventspine.log._codec import (
     BadBatchError,
     EncodedBatch,
     encode_records,
     encode_stored,
-    frame,
     unframe,
 )
 from eventspine.log._retention import BatchSummary, compact_batch, expired_prefix, latest_offsets
@@ -59,7 +58,6 @@ from eventspine.log.base import (
     StoredRecord,
     TopicInfo,
     TopicSpec,
-    spec_difference,
 )
 from eventspine.log.sqlite_file import BatchRow, SqliteLogFile, Synchronous
 from eventspine.timeutil import to_duration_ms
@@ -162,7 +160,7 @@ class SqliteLog:
     ) -> int:
         log_start, end, cleaned_end = f.partition_state(tid, partition)
         where = f"{spec.name}[{partition}]"
-        batches = encode_records(where, records, end, keyed=spec.compacted)
+        batches = encode_records(where, records, end, keyed=spec.compacted, decode=False)
         for batch in batches:
             _insert(f, tid, partition, batch)
         f.set_partition_state(tid, partition, log_start, batches[-1].last_offset + 1, cleaned_end)
@@ -382,6 +380,8 @@ class SqliteLog:
 
 
 def _insert(f: SqliteLogFile, tid: int, partition: int, batch: EncodedBatch) -> None:
-    count = len(batch.records)
-    row = (batch.last_offset, batch.base_offset, count, batch.max_ts, len(batch.body))
-    f.insert_batch(tid, partition, row, frame(batch.body))
+    count = (
+        batch.last_offset - batch.base_offset + 1 if batch.records is None else len(batch.records)
+    )
+    row = (batch.last_offset, batch.base_offset, count, batch.max_ts, batch.size)
+    f.insert_batch(tid, partition, row, batch.payload)

@@ -94,7 +94,9 @@ class Executor:
             self.clock,
             open_context=ctx,
             flush_s=to_duration_ms(opts.flush_interval) / 1000,
-            operator_factories=operator_factories if operator_factories is not None else default_factories(),
+            operator_factories=operator_factories
+            if operator_factories is not None
+            else default_factories(),
         )
         self.inspector = Inspector(pipeline.name, self.plan.metrics)
         self._stop = threading.Event()
@@ -230,4 +232,3 @@ def run(
         DecodeError: a record could not be decoded and the policy is ``Fail()``.
     """
     return Executor(pipeline, clock=clock, options=options).run()
-

@@ -28,11 +28,12 @@ class Output:
     consumes is still counted (``records_out{port=...}``), never silently lost.
     """
 
-    __slots__ = ("_metrics", "_side", "_targets", "name")
+    __slots__ = ("_counted", "_metrics", "_side", "_targets", "name")
 
-    def __init__(self, name: str, metrics: StepMetrics) -> None:
+    def __init__(self, name: str, metrics: StepMetrics, *, counted_by_owner: bool = False) -> None:
         self.name = name
         self._metrics = metrics
+        self._counted = counted_by_owner
         self._targets: list[tuple[Operator, int]] = []
         self._side: dict[str, list[tuple[Operator, int]]] = {}
 
@@ -51,7 +52,8 @@ class Output:
         """Send a batch to every consumer of the main output."""
         if not len(batch):
             return
-        self._metrics.records_out += len(batch)
+        if not self._counted:
+            self._metrics.records_out += len(batch)
         for op, port in self._targets:
             op.receive(batch, port)
 

@@ -17,20 +17,16 @@ from typing import TYPE_CHECKING, Any
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.dataflow.ports import ErrorPolicy, OpenContext
 from eventspine.dataflow.steps import (
-    AsofJoinStep,
     EnrichStep,
     FilterStep,
     FlatMapStep,
-    IntervalJoinStep,
     KeyByStep,
     MapStep,
-    ProcessStep,
     SinkStep,
     SourceStep,
     SplitStep,
     Step,
     UnionStep,
-    WindowStep,
 )
 from eventspine.errors import DefinitionError
 from eventspine.runtime.metrics import StepMetrics
@@ -115,9 +111,8 @@ def compile_pipeline(
         if not isinstance(s, _STATELESS):
             continue
         up_name, up_port = s.inputs[0]
-        up = steps[up_name]
         if (
-            isinstance(up, _STATELESS)
+            isinstance(steps[up_name], _STATELESS)
             and up_port == "main"
             and consumers.get((up_name, "main")) == [s.name]
             and up_name in chain_of
@@ -133,18 +128,16 @@ def compile_pipeline(
     ops: dict[str, Operator] = {}  # by the name of the LAST step they implement
     op_for_step: dict[str, Operator] = {}
     factories = operator_factories or {}
-    for head, members in chains.items():
+    for members in chains.values():
         stages: list[Stage] = []
         for m in members:
             fn = _user_fn(m)
             rtype = _record_type_of(pipeline, steps[m.inputs[0][0]])
-            stages.append(make_stage(m, rtype, boundary(m, fn if callable(fn) else None), metrics[m.name]))
-        chain = FusedChain(head, metrics[head], stages)
-        # The chain's own counters are those of its head; each stage counts itself too.
-        chain.metrics = StepMetrics(head + "+chain", "chain")
-        chain.out = Output(members[-1].name, metrics[members[-1].name])
-        # Stage.apply already counts records_out on the last member: avoid double counting.
-        chain.out._metrics = StepMetrics(members[-1].name + "+out", "chain")
+            stages.append(
+                make_stage(m, rtype, boundary(m, fn if callable(fn) else None), metrics[m.name])
+            )
+        # Each stage counts its own records in and out, so the chain itself counts nothing.
+        chain = FusedChain(members[-1].name, metrics[members[-1].name], stages)
         for m in members:
             op_for_step[m.name] = chain
         ops[members[-1].name] = chain
@@ -152,25 +145,23 @@ def compile_pipeline(
     sinks: list[SinkOperator] = []
     sources: list[SourceRunner] = []
     for s in steps.values():
-        if s.name in op_for_step:
+        if s.name in op_for_step or isinstance(s, SourceStep):
             continue
-        m = metrics[s.name]
+        sm = metrics[s.name]
         op: Operator
-        if isinstance(s, SourceStep):
-            continue
         if isinstance(s, SinkStep):
             writer = s.sink.open(open_context(s.name))
-            op = SinkOperator(s.name, m, writer, flush_s)
+            op = SinkOperator(s.name, sm, writer, flush_s)
             sinks.append(op)
         elif isinstance(s, UnionStep):
-            op = Operator(s.name, m)
+            op = Operator(s.name, sm)
         elif isinstance(s, SplitStep):
-            op = SplitOperator(s, m, boundary(s), _record_type_of(pipeline, steps[s.inputs[0][0]]))
+            op = SplitOperator(s, sm, boundary(s), _record_type_of(pipeline, steps[s.inputs[0][0]]))
         elif isinstance(s, EnrichStep):
             rtype = _record_type_of(pipeline, steps[s.inputs[0][0]])
-            op = EnrichOperator(s, m, boundary(s, s.lookup), rtype, clock)
+            op = EnrichOperator(s, sm, boundary(s, s.lookup), rtype, clock)
         elif type(s) in factories:
-            op = factories[type(s)](s, m, boundary(s), clock)
+            op = factories[type(s)](s, sm, boundary(s), clock)
         else:
             raise DefinitionError(
                 f"step '{s.name}': {s.kind} steps are not supported by this runtime yet"
@@ -179,33 +170,39 @@ def compile_pipeline(
         ops[s.name] = op
 
     # 3. Sources (opened here) and the columnar decision.
+    upstream_of: dict[str, Operator | SourceRunner] = dict(op_for_step)
     for s in steps.values():
         if not isinstance(s, SourceStep):
             continue
         readers = s.source.open(open_context(s.name))
         downstream = [op_for_step[c] for c in consumers.get((s.name, "main"), [])]
-        columnar = bool(downstream) and all(getattr(d, "prefers_columnar", False) or _chain_vectorizable(d) for d in downstream)
+        columnar = bool(downstream) and all(
+            getattr(d, "prefers_columnar", False) or _chain_vectorizable(d) for d in downstream
+        )
         out = Output(s.name, metrics[s.name])
-        runner = SourceRunner(s, readers, out, boundary(s), metrics[s.name], clock, columnar=columnar)
+        runner = SourceRunner(
+            s, readers, out, boundary(s), metrics[s.name], clock, columnar=columnar
+        )
         sources.append(runner)
-        ops_src = runner
-        op_for_step[s.name] = ops_src  # type: ignore[assignment]  # sources act as upstreams only
+        upstream_of[s.name] = runner
 
     # 4. Wire outputs: every (step, port) consumed by a step inside another operator.
     inputs: dict[int, list[Any]] = {}
     for s in steps.values():
+        if isinstance(s, SourceStep):
+            continue
         target = op_for_step[s.name]
         for port_index, (up_name, up_port) in enumerate(s.inputs):
-            upstream = op_for_step[up_name]
+            upstream = upstream_of[up_name]
             if upstream is target:
                 continue  # fused inside the same chain
-            upstream.out.connect(up_port, target, port_index)  # type: ignore[arg-type]
+            upstream.out.connect(up_port, target, port_index)
             inputs.setdefault(id(target), []).append(upstream)
 
     # 5. Topological order of the operators (sources first, not listed).
     order: list[Operator] = []
     seen: set[int] = set()
-    all_ops = list(dict.fromkeys(op for op in op_for_step.values() if isinstance(op, Operator)))
+    all_ops = list(dict.fromkeys(op_for_step.values()))
 
     def visit(op: Operator) -> None:
         if id(op) in seen:

@@ -25,7 +25,11 @@ class SplitOperator(Operator):
     """Sends each record to the first branch whose predicate holds, else to ``default``."""
 
     def __init__(
-        self, step: SplitStep, metrics: StepMetrics, boundary: ErrorBoundary, record_type: type | None
+        self,
+        step: SplitStep,
+        metrics: StepMetrics,
+        boundary: ErrorBoundary,
+        record_type: type | None,
     ) -> None:
         super().__init__(step.name, metrics)
         self.boundary = boundary

@@ -202,7 +202,9 @@ class SourceRunner:
             offs = offsets if offsets is not None else list(range(first_offset, first_offset + n))
             if not self._event_time:
                 ts = [now_ms] * n
-                return Batch(records, ts, offsets=offs, partition=reader.partition, record_type=rtype)
+                return Batch(
+                    records, ts, offsets=offs, partition=reader.partition, record_type=rtype
+                )
             return self._timed_rows(records, offs, reader.partition, rtype)
         import polars as pl
 
@@ -220,7 +222,9 @@ class SourceRunner:
             col = frame.get_column(self._ts_field) if self._ts_field in frame.columns else None
             if col is None or not col.dtype.is_integer() or col.null_count():
                 return self._timed_rows(
-                    Batch.of_frame(frame.with_columns(pl.lit(0).alias(TS_COL)), record_type=rtype).rows,
+                    Batch.of_frame(
+                        frame.with_columns(pl.lit(0).alias(TS_COL)), record_type=rtype
+                    ).rows,
                     frame.get_column(OFF_COL).to_list(),
                     reader.partition,
                     rtype,
@@ -228,7 +232,9 @@ class SourceRunner:
             frame = frame.with_columns(col.cast(pl.Int64).alias(TS_COL))
         else:
             b = Batch.of_frame(frame.with_columns(pl.lit(0).alias(TS_COL)), record_type=rtype)
-            return self._timed_rows(b.rows, frame.get_column(OFF_COL).to_list(), reader.partition, rtype)
+            return self._timed_rows(
+                b.rows, frame.get_column(OFF_COL).to_list(), reader.partition, rtype
+            )
         return Batch.of_frame(frame, partition=reader.partition, record_type=rtype)
 
     def _timed_rows(
@@ -239,7 +245,7 @@ class SourceRunner:
         try:
             ts = [_as_ms(fn(r)) for r in records]
             return Batch(records, ts, offsets=offs, partition=partition, record_type=rtype)
-        except Exception:
+        except Exception:  # noqa: S110  # the per-record pass below finds and reports the culprit
             pass
         keep_rows: list[Any] = []
         keep_ts: list[int] = []
@@ -249,7 +255,9 @@ class SourceRunner:
             try:
                 t = _as_ms(fn(r))
             except Exception as exc:
-                self.boundary.fn_name = f"the event time of step '{self.name}' ({self._describe_ts()})"
+                self.boundary.fn_name = (
+                    f"the event time of step '{self.name}' ({self._describe_ts()})"
+                )
                 self.boundary.user_error(exc, probe, i)
                 continue
             keep_rows.append(r)

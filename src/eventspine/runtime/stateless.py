@@ -18,7 +18,7 @@ from eventspine.dataflow.expr import Expr
 from eventspine.dataflow.steps import FilterStep, FlatMapStep, KeyByStep, MapStep, Step
 from eventspine.errors import StepError
 from eventspine.records import KEY_COL, Batch, field_getter, record_fields
-from eventspine.runtime.operator import ErrorBoundary, Operator
+from eventspine.runtime.operator import ErrorBoundary, Operator, Output
 
 if TYPE_CHECKING:
     import polars as pl
@@ -59,7 +59,9 @@ class Stage:
             try:
                 out = batch.with_frame(self.vector(batch.frame), batch.record_type)
             except Exception as exc:
-                raise StepError(self.name, "the expression", exc, partition=batch.partition) from exc
+                raise StepError(
+                    self.name, "the expression", exc, partition=batch.partition
+                ) from exc
         elif self.kind == "filter":
             out = self._filter(batch)
         elif self.kind == "key_by":
@@ -184,8 +186,6 @@ def make_stage(
     metrics: StepMetrics,
 ) -> Stage:
     """Compile a stateless step spec into a :class:`Stage`."""
-    import polars as pl
-
     vector: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     if isinstance(step, MapStep):
         if step.fn is not None:
@@ -240,6 +240,12 @@ class FusedChain(Operator):
     def __init__(self, name: str, metrics: StepMetrics, stages: Iterable[Stage]) -> None:
         super().__init__(name, metrics)
         self.stages = list(stages)
+        # The last stage counts the chain's records out.
+        self.out = Output(name, metrics, counted_by_owner=True)
+
+    def receive(self, batch: Batch, port: int) -> None:
+        """Run the stages (each stage counts its own records, so the chain counts nothing)."""
+        self.on_batch(batch, port)
 
     def on_batch(self, batch: Batch, port: int) -> None:
         """Run every stage in order; emit what is left."""

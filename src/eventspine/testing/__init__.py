@@ -118,8 +118,12 @@ def run(
     for name, step in pipeline.steps.items():
         if isinstance(step, SourceStep) and name in given:
             n = (partitions or {}).get(name, 1)
-            step = replace(step, source=ScriptedSource(given[name], clk, partitions=n,
-                                                        record_type=step.source.record_type))
+            step = replace(
+                step,
+                source=ScriptedSource(
+                    given[name], clk, partitions=n, record_type=step.source.record_type
+                ),
+            )
         elif isinstance(step, SinkStep):
             collectors[name] = CollectSink()
             step = replace(step, sink=collectors[name])

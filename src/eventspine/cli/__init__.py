@@ -1,0 +1,1 @@
+"""The ``eventspine`` command line (entry point :func:`eventspine.cli.main.main`)."""

@@ -1,0 +1,253 @@
+"""The ``process`` operator: a user processor with per-key state, timers, emit and side outputs.
+
+Contract (see :class:`~eventspine.dataflow.ports.Processor`):
+
+* ``on_record(record, ctx)`` runs once per record, in arrival order, with
+  ``ctx.key`` the record's key (``None`` on an unkeyed stream: all records then
+  share one state) and ``ctx.ts_ms`` its event time.
+* ``ctx.state`` is the key's dict. It is created on first access; a key whose
+  dict is empty after a call is dropped. Every key whose state was touched is
+  added to ``dirty_keys`` (for delta checkpoints).
+* Event-time timers (``ctx.set_event_timer(at_ms)``) fire once the operator
+  watermark is ``>= at_ms``, in ``(at_ms, registration)`` order, before the
+  watermark reaches downstream steps (so what they emit is on time there).
+  A timer already due when it is set (``at_ms <= watermark``) fires right after
+  the batch that set it. One timer per ``(key, at_ms)``: setting it again is a no-op.
+* Processing-time timers (``ctx.set_processing_timer(at_ms)``, wall-clock epoch
+  ms) fire on the first loop tick with ``now_ms >= at_ms``.
+* ``ctx.delete_timers()`` cancels all of the key's pending timers (both kinds).
+* While a timer fires, ``ctx.ts_ms`` is the timer's time and ``ctx.emit``
+  defaults to it as event time; give ``ts_ms=`` to choose another.
+* At end of input the watermark becomes ``MAX_TS_MS``: every pending event-time
+  timer fires, and so do timers set while they fire, up to the latest time that
+  was pending when the input ended (so a timer that re-arms itself forever ends).
+  Processing-time timers do **not** fire at end of input: the wall clock has
+  not reached them, and a bounded run must not wait for it; they stay pending.
+* A processor that raises is handled by the step's error policy
+  (``Fail``/``Skip``/``DeadLetter``); records emitted by the failed call are
+  discarded, changes it made to ``ctx.state`` are kept. A failing timer is
+  reported with the record ``{"timer_ms": at_ms, "key": key}``.
+
+State layout (snapshot-friendly): ``states`` is ``{key: dict}``; timers are heaps
+of ``(at_ms, seq, key)`` plus ``{key: set(at_ms)}`` of live timers (a heap entry
+whose time is no longer in the set was deleted and is skipped).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import MutableMapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from eventspine.records import Batch
+from eventspine.runtime.operator import ErrorBoundary, Operator
+from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, from_ms
+
+if TYPE_CHECKING:
+    from eventspine.dataflow.ports import Processor
+    from eventspine.dataflow.steps import ProcessStep
+    from eventspine.runtime.metrics import StepMetrics
+    from eventspine.timeutil import Clock
+
+__all__ = ["ProcessOperator", "make_process"]
+
+_EVENT, _PROC = 0, 1
+
+
+def make_process(
+    step: ProcessStep, metrics: StepMetrics, boundary: ErrorBoundary, clock: Clock
+) -> ProcessOperator:
+    """Compile a process step (processing-time timers follow the executor's ticks)."""
+    return ProcessOperator(step, metrics, boundary)
+
+
+class _Context:
+    """The ``ProcessContext`` handed to the processor; one instance, re-pointed per call."""
+
+    __slots__ = ("_op", "key", "ts_ms", "watermark_ms")
+
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+        self.key: Any = None
+        self.ts_ms = MIN_TS_MS
+        self.watermark_ms = MIN_TS_MS
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        """This key's state dict (created on first access; assigning replaces it)."""
+        op = self._op
+        key = self.key
+        op.dirty_keys.add(key)
+        st = op.states.get(key)
+        if st is None:
+            st = op.states[key] = {}
+        return st
+
+    @state.setter
+    def state(self, value: MutableMapping[str, Any]) -> None:
+        self._op.dirty_keys.add(self.key)
+        self._op.states[self.key] = dict(value)
+
+    @property
+    def timestamp(self) -> datetime:
+        """The event time (or the firing timer's time) as an aware UTC datetime."""
+        return from_ms(self.ts_ms)
+
+    def emit(self, record: Any, *, ts_ms: int | None = None) -> None:
+        """Send a record downstream (event time defaults to ``ts_ms``)."""
+        out = self._op.main
+        out[0].append(record)
+        out[1].append(self.ts_ms if ts_ms is None else ts_ms)
+
+    def emit_to(self, side: str, record: Any) -> None:
+        """Send a record to side output ``side`` (event time ``ts_ms``)."""
+        out = self._op.sides.get(side)
+        if out is None:
+            out = self._op.sides[side] = ([], [])
+        out[0].append(record)
+        out[1].append(self.ts_ms)
+
+    def set_event_timer(self, at_ms: int) -> None:
+        """Call ``on_timer`` for this key once the watermark reaches ``at_ms``."""
+        self._op.add_timer(_EVENT, self.key, int(at_ms))
+
+    def set_processing_timer(self, at_ms: int) -> None:
+        """Call ``on_timer`` for this key once the wall clock reaches ``at_ms``."""
+        self._op.add_timer(_PROC, self.key, int(at_ms))
+
+    def delete_timers(self) -> None:
+        """Cancel this key's pending timers (event and processing time)."""
+        op = self._op
+        for kind in (_EVENT, _PROC):
+            if op.timer_sets[kind].pop(self.key, None) is not None:
+                op.dirty_keys.add(self.key)
+
+
+class ProcessOperator(Operator):
+    """Runs a :class:`~eventspine.dataflow.ports.Processor` (see the module docstring)."""
+
+    def __init__(self, step: ProcessStep, metrics: StepMetrics, boundary: ErrorBoundary) -> None:
+        super().__init__(step.name, metrics)
+        self.processor: Processor = step.processor
+        self.keyed = step.keyed
+        self.boundary = boundary
+        self.states: dict[Any, dict[str, Any]] = {}
+        #: Keys whose state or timers changed since the last checkpoint.
+        self.dirty_keys: set[Any] = set()
+        # Per kind (event, processing): heap of (at_ms, seq, key) and key -> live times.
+        self.timer_heaps: tuple[list[tuple[int, int, Any]], list[tuple[int, int, Any]]] = ([], [])
+        self.timer_sets: tuple[dict[Any, set[int]], dict[Any, set[int]]] = ({}, {})
+        self.seq = 0
+        self.ctx = _Context(self)
+        self.main: tuple[list[Any], list[int]] = ([], [])
+        self.sides: dict[str, tuple[list[Any], list[int]]] = {}
+
+    # -- timers -----------------------------------------------------------------------
+    def add_timer(self, kind: int, key: Any, at_ms: int) -> None:
+        """Register a timer (idempotent per ``(kind, key, at_ms)``)."""
+        live = self.timer_sets[kind].setdefault(key, set())
+        if at_ms in live:
+            return
+        live.add(at_ms)
+        self.seq += 1
+        heapq.heappush(self.timer_heaps[kind], (at_ms, self.seq, key))
+        self.dirty_keys.add(key)
+
+    def _fire(self, kind: int, until_ms: int) -> None:
+        """Fire the live timers of ``kind`` with ``at_ms <= until_ms`` in order."""
+        heap = self.timer_heaps[kind]
+        sets = self.timer_sets[kind]
+        ctx = self.ctx
+        on_timer = self.processor.on_timer
+        while heap and heap[0][0] <= until_ms:
+            at, _seq, key = heapq.heappop(heap)
+            live = sets.get(key)
+            if live is None or at not in live:
+                continue  # deleted
+            live.discard(at)
+            if not live:
+                del sets[key]
+            self.dirty_keys.add(key)
+            ctx.key = key
+            ctx.ts_ms = at
+            ctx.watermark_ms = self.watermark_ms
+            mark = (len(self.main[0]), {s: len(v[0]) for s, v in self.sides.items()})
+            try:
+                on_timer(ctx)
+            except Exception as exc:
+                self._rollback(mark)
+                probe = Batch([{"timer_ms": at, "key": key}], [at], keys=[key], record_type=None)
+                self.boundary.user_error(exc, probe, 0)
+            self._drop_if_empty(key)
+
+    def on_watermark(self, wm_ms: int) -> None:
+        """Fire due event-time timers (at end of input, see the module docstring)."""
+        until = wm_ms
+        heap = self.timer_heaps[_EVENT]
+        if wm_ms >= MAX_TS_MS and heap:
+            until = max(at for at, _s, _k in heap)
+        self._fire(_EVENT, until)
+        self._flush()
+
+    def on_tick(self, now_ms: int) -> None:
+        """Fire due processing-time timers."""
+        heap = self.timer_heaps[_PROC]
+        if heap and heap[0][0] <= now_ms:
+            self._fire(_PROC, now_ms)
+            self._flush()
+
+    # -- records --------------------------------------------------------------------
+    def on_batch(self, batch: Batch, port: int) -> None:
+        """Call ``on_record`` for each record, then fire timers already due."""
+        rows, ts = batch.rows, batch.ts
+        keys = batch.keys if self.keyed else None
+        ctx = self.ctx
+        ctx.watermark_ms = self.watermark_ms
+        on_record = self.processor.on_record
+        main = self.main
+        sides = self.sides
+        states = self.states
+        for i, rec in enumerate(rows):
+            key = keys[i] if keys is not None else None
+            ctx.key = key
+            ctx.ts_ms = ts[i]
+            mark = (len(main[0]), {s: len(v[0]) for s, v in sides.items()} if sides else None)
+            try:
+                on_record(rec, ctx)
+            except Exception as exc:
+                self._rollback(mark)
+                self.boundary.user_error(exc, batch, i)
+            st = states.get(key)
+            if st is not None and not st:
+                del states[key]
+        heap = self.timer_heaps[_EVENT]
+        if heap and heap[0][0] <= self.watermark_ms and self.watermark_ms > MIN_TS_MS:
+            self._fire(_EVENT, self.watermark_ms)
+        self._flush()
+
+    # -- output ---------------------------------------------------------------------
+    def _rollback(self, mark: tuple[int, dict[str, int] | None]) -> None:
+        """Forget what a failed call emitted."""
+        n_main, n_sides = mark
+        del self.main[0][n_main:], self.main[1][n_main:]
+        for side, (recs, ts) in self.sides.items():
+            n = (n_sides or {}).get(side, 0)
+            del recs[n:], ts[n:]
+
+    def _drop_if_empty(self, key: Any) -> None:
+        st = self.states.get(key)
+        if st is not None and not st:
+            del self.states[key]
+
+    def _flush(self) -> None:
+        """Emit what the calls since the last flush produced."""
+        recs, ts = self.main
+        if recs:
+            self.main = ([], [])
+            self.out.emit(Batch(recs, ts, record_type=None))
+        for side, (srecs, sts) in self.sides.items():
+            if srecs:
+                self.sides[side] = ([], [])
+                self.out.emit_side(side, Batch(srecs, sts, record_type=None))
+        self.metrics.state_keys = len(self.states)
