@@ -3,7 +3,10 @@
 Every setting has one name, spelled three ways (option, variable, TOML key)::
 
     --state-dir D            EVENTSPINE_STATE_DIR           state_dir = "./.eventspine"
-    --log-url URL            EVENTSPINE_LOG_URL             log_url = "sqlite:///./.eventspine/log.db"
+    --log-url URL            EVENTSPINE_LOG_URL             log_url = "sqlite://.eventspine"
+    --checkpoint-interval-ms EVENTSPINE_CHECKPOINT_INTERVAL_MS checkpoint_interval_ms = 1000
+    (no option)              EVENTSPINE_FAILPOINTS          failpoints = "ckpt.before_commit=crash@2"
+    (no option)              EVENTSPINE_FAILPOINTS_LOG      failpoints_log = "/tmp/hits.txt"
     --metrics-port N         EVENTSPINE_METRICS_PORT        metrics_port = 9464
     --latency-budget-ms N    EVENTSPINE_LATENCY_BUDGET_MS   latency_budget_ms = 20
     --flush-interval-ms N    EVENTSPINE_FLUSH_INTERVAL_MS   flush_interval_ms = 1000
@@ -32,7 +35,7 @@ __all__ = ["DEFAULT_TOML", "ENV_PREFIX", "Settings"]
 ENV_PREFIX = "EVENTSPINE_"
 DEFAULT_TOML = "eventspine.toml"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_LOG_SCHEMES = ("memory://", "sqlite:///", "kafka://")
+_LOG_SCHEMES = ("memory://", "sqlite://", "kafka://")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,11 @@ class Settings:
 
     Attributes:
         state_dir: the directory for state, checkpoints and file-backed logs.
-        log_url: the durable log (``memory://``, ``sqlite:///path`` or ``kafka://host:port``);
-            carried for the runtime, which does not use it yet.
+        log_url: the durable log (``memory://``, ``sqlite:///abs/path``, ``sqlite://rel/path``);
+            default: the SQLite log ``log.db`` in ``state_dir`` (see :attr:`log`).
+        checkpoint_interval_ms: the longest time between two checkpoints.
+        failpoints: failpoint rules for fault tests (see :mod:`eventspine.failpoints`).
+        failpoints_log: a file where every failpoint hit is appended (fault tests).
         metrics_port: serve Prometheus metrics on ``127.0.0.1:<port>`` (``None``: off).
         latency_budget_ms: the target processing time of one micro-batch.
         flush_interval_ms: how often sinks are flushed while running.
@@ -50,11 +56,21 @@ class Settings:
     """
 
     state_dir: str = "./.eventspine"
-    log_url: str = "sqlite:///./.eventspine/log.db"
+    log_url: str | None = None
     metrics_port: int | None = None
     latency_budget_ms: int = 20
     flush_interval_ms: int = 1000
     log_level: str = "WARNING"
+    checkpoint_interval_ms: int = 1000
+    failpoints: str = ""
+    failpoints_log: str = ""
+
+    @property
+    def log(self) -> str:
+        """The log URL of the run: ``log_url``, or the SQLite log in ``state_dir``."""
+        if self.log_url is not None:
+            return self.log_url
+        return f"sqlite://{Path(self.state_dir) / 'log.db'}"  # 3 slashes when absolute
 
     @classmethod
     def load(
@@ -153,7 +169,7 @@ def _log_url(raw: Any, where: str) -> str:
     if not url.startswith(_LOG_SCHEMES):
         raise ConfigError(
             f"{where} = {raw!r} is invalid; expected a URL starting with "
-            f"{', '.join(_LOG_SCHEMES)} (e.g. sqlite:///./.eventspine/log.db)"
+            f"{', '.join(_LOG_SCHEMES)} (e.g. sqlite://.eventspine or sqlite:///var/es/log.db)"
         )
     return url
 
@@ -173,9 +189,29 @@ def _log_level(raw: Any, where: str) -> str:
     return level
 
 
+def _failpoints(raw: Any, where: str) -> str:
+    from eventspine import failpoints
+
+    spec = raw if isinstance(raw, str) else ""
+    try:
+        failpoints.configure(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    finally:
+        failpoints.reset()
+    return spec
+
+
+def _path_or_empty(raw: Any, where: str) -> str:
+    return raw.strip() if isinstance(raw, str) else _text(raw, where)
+
+
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "state_dir": _state_dir,
     "log_url": _log_url,
+    "checkpoint_interval_ms": _positive_ms,
+    "failpoints": _failpoints,
+    "failpoints_log": _path_or_empty,
     "metrics_port": _metrics_port,
     "latency_budget_ms": _positive_ms,
     "flush_interval_ms": _positive_ms,

@@ -25,7 +25,10 @@ def test_defaults_without_env_or_file() -> None:
     s = Settings.load({}, env={})
     assert s == Settings()
     assert s.state_dir == "./.eventspine"
-    assert s.log_url == "sqlite:///./.eventspine/log.db"
+    assert s.log_url is None
+    assert s.log == "sqlite://.eventspine/log.db"
+    assert Settings(state_dir="/var/es").log == "sqlite:///var/es/log.db"
+    assert Settings(log_url="memory://").log == "memory://"
     assert s.metrics_port is None
     assert (s.latency_budget_ms, s.flush_interval_ms, s.log_level) == (20, 1000, "WARNING")
 

@@ -28,11 +28,14 @@ adds the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import shutil
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 from eventspine._version import __version__
@@ -79,7 +82,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", metavar="N", help="serve Prometheus metrics on 127.0.0.1:N")
     p.add_argument("--state-dir", metavar="D", help="state directory (./.eventspine)")
     p.add_argument(
-        "--log-url", metavar="URL", help="durable log URL (sqlite:///./.eventspine/log.db)"
+        "--log-url", metavar="URL", help="durable log URL (default: log.db in the state dir)"
+    )
+    p.add_argument(
+        "--checkpoint-interval-ms", metavar="N", help="longest time between checkpoints (1000)"
     )
     p.add_argument("--latency-budget-ms", metavar="N", help="target time per micro-batch (20)")
     p.add_argument("--flush-interval-ms", metavar="N", help="sink flush interval (1000)")
@@ -143,6 +149,7 @@ def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
             "metrics_port": args.metrics_port,
             "state_dir": args.state_dir,
             "log_url": args.log_url,
+            "checkpoint_interval_ms": args.checkpoint_interval_ms,
             "latency_budget_ms": args.latency_budget_ms,
             "flush_interval_ms": args.flush_interval_ms,
             "log_level": args.log_level,
@@ -165,6 +172,11 @@ def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
     if args.events < 1:
         raise ConfigError(f"--events {args.events} is invalid; expected a whole number >= 1")
     pipeline = build_demo(args.events, args.out)
+    # The demo is a showcase: every run starts fresh, with its state beside its outputs.
+    state = Path(args.out) / ".state"
+    shutil.rmtree(state, ignore_errors=True)
+    demo_settings = dataclasses.replace(settings, state_dir=str(state), log_url=None)
+    req = dataclasses.replace(req, settings=demo_settings)
     code, result = execute(pipeline, req, signals, err)
     if not args.quiet:
         sys.stdout.write(describe_outputs(args.out, result))

@@ -20,6 +20,8 @@ from typing import TextIO
 
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.errors import ConfigError
+from eventspine import failpoints
+from eventspine.runtime.checkpoint import CheckpointPolicy
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
 from eventspine.settings import Settings
 
@@ -99,10 +101,13 @@ def execute(
     """
     err = stderr if stderr is not None else sys.stderr
     s = req.settings
+    failpoints.configure(s.failpoints, s.failpoints_log or None)
     options = RunOptions(
         latency_budget=timedelta(milliseconds=s.latency_budget_ms),
         flush_interval=timedelta(milliseconds=s.flush_interval_ms),
         state_dir=s.state_dir,
+        log=s.log,
+        checkpoint=CheckpointPolicy(interval=timedelta(milliseconds=s.checkpoint_interval_ms)),
         handle_signals=False,  # the CLI handles them, to remember which signal it was
         max_wall=None if req.max_seconds is None else timedelta(seconds=req.max_seconds),
     )

@@ -28,8 +28,9 @@ Sources (:class:`JsonLinesSource`, :class:`CsvSource`):
   and the raw bytes. Nothing crashes and no line is lost.
 * CSV values are text unless a schema gives types; one record per line.
 
-Sinks (:class:`JsonLinesSink`, :class:`CsvSink`) overwrite the file when opened,
-write frames with polars, and fsync on ``flush``: at-least-once.
+Sinks (:class:`JsonLinesSink`, :class:`CsvSink`) live in
+:mod:`eventspine.connectors.file_sinks` (re-exported here): at-least-once on
+their own, exactly-once (two-phase) when a checkpointer drives them.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, final
 
 import msgspec
 
+from eventspine.connectors.file_sinks import CsvSink, JsonLinesSink
 from eventspine.dataflow.ports import Chunk, OpenContext, SourceReader
-from eventspine.errors import DecodeError, SinkError, SourceError
-from eventspine.records import KEY_COL, OFF_COL, TS_COL, Batch, is_event_type, record_fields
+from eventspine.errors import DecodeError, SourceError
+from eventspine.records import is_event_type
 
 if TYPE_CHECKING:
     import polars as pl
@@ -625,174 +627,3 @@ class _TranscodingCodec:
         text, errs = self._utf8(data, first, where)
         recs, offs, more = self._inner.rows(text, first, n, where)
         return recs, offs, errs + more
-
-
-# -- sinks ------------------------------------------------------------------------------
-
-
-def _user_frame(batch: Batch) -> pl.DataFrame:
-    frame = batch.frame
-    meta = [c for c in (TS_COL, KEY_COL, OFF_COL) if c in frame.columns]
-    return frame.drop(meta) if meta else frame
-
-
-class _FileWriter:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-            self._f: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed in close())
-        except OSError as exc:
-            raise SinkError(f"cannot open {path!r} for writing: {exc}") from exc
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        except OSError as exc:
-            raise SinkError(f"cannot flush {self.path!r}: {exc}") from exc
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self.flush()
-            self._f.close()
-
-
-class _JsonLinesWriter(_FileWriter):
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self._enc = msgspec.json.Encoder()
-
-    def write(self, batch: Batch) -> None:
-        if not len(batch):
-            return
-        try:
-            if batch.is_columnar:
-                _user_frame(batch).write_ndjson(self._f)
-            else:
-                self._f.write(self._enc.encode_lines(batch.rows))
-        except (OSError, TypeError, ValueError) as exc:
-            raise SinkError(f"cannot write to {self.path!r}: {exc}") from exc
-
-
-@final
-class JsonLinesSink:
-    """Write each record as one JSON object per line (frames are written by polars).
-
-    The file is overwritten when the sink is opened; ``flush`` fsyncs it.
-    Struct columns become nested objects; internal columns are dropped.
-
-    Args:
-        path: the output file (parent folders are created).
-    """
-
-    columnar = True
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-
-    def open(self, context: OpenContext) -> _JsonLinesWriter:
-        """Create (or truncate) the file and return its writer."""
-        return _JsonLinesWriter(self.path)
-
-    def __repr__(self) -> str:
-        return f"JsonLinesSink({self.path!r})"
-
-
-class _CsvWriter(_FileWriter):
-    def __init__(self, path: str, columns: list[str] | None) -> None:
-        super().__init__(path)
-        self._columns = columns
-        self._header_done = False
-
-    def write(self, batch: Batch) -> None:
-        if not len(batch):
-            return
-        try:
-            if batch.is_columnar:
-                self._write_frame(_user_frame(batch))
-            else:
-                self._write_rows([record_fields(r) for r in batch.rows])
-        except (OSError, TypeError, ValueError) as exc:
-            raise SinkError(f"cannot write to {self.path!r}: {exc}") from exc
-
-    def _write_frame(self, frame: pl.DataFrame) -> None:
-        import polars as pl
-
-        if self._columns is None:
-            self._columns = list(frame.columns)
-        cols: list[pl.Expr] = []
-        for c in self._columns:
-            if c not in frame.columns:
-                cols.append(pl.lit(None, dtype=pl.String).alias(c))
-                continue
-            dtype = frame.schema[c]
-            if isinstance(dtype, pl.Struct):
-                cols.append(pl.col(c).struct.json_encode())
-            elif dtype.is_nested():
-                # JSON-encode inside a one-field struct, then cut the '{"name":' and '}' off.
-                cut = len(msgspec.json.encode(c)) + 2
-                text = pl.struct(pl.col(c)).struct.json_encode()
-                cols.append(text.str.slice(cut).str.head(-1).alias(c))
-            else:
-                cols.append(pl.col(c))
-        frame.select(cols).write_csv(self._f, include_header=not self._header_done)
-        self._header_done = True
-
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        if self._columns is None:
-            self._columns = list(rows[0])
-        text = io.StringIO()
-        w = csv.writer(text, lineterminator="\n")
-        if not self._header_done:
-            w.writerow(self._columns)
-            self._header_done = True
-        cols = self._columns
-        w.writerows([_csv_value(r.get(c)) for c in cols] for r in rows)
-        self._f.write(text.getvalue().encode())
-
-    def close(self) -> None:
-        if not self._f.closed and not self._header_done and self._columns:
-            self._write_rows([])
-        super().close()
-
-
-def _csv_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, dict | list | tuple | msgspec.Struct):
-        return msgspec.json.encode(v).decode()
-    return v
-
-
-@final
-class CsvSink:
-    """Write records as CSV with a header line (frames are written by polars).
-
-    The columns are ``columns`` or those of the first batch; a missing value is
-    an empty field, booleans are ``true``/``false``, and nested values (struct,
-    list, dict) are written as JSON text. The file is overwritten when the sink
-    is opened; ``flush`` fsyncs it.
-
-    Args:
-        path: the output file (parent folders are created).
-        columns: the columns to write, in order (default: those of the first batch).
-    """
-
-    columnar = True
-
-    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> None:
-        self.path = os.fspath(path)
-        self.columns = list(columns) if columns is not None else None
-
-    def open(self, context: OpenContext) -> _CsvWriter:
-        """Create (or truncate) the file and return its writer."""
-        return _CsvWriter(self.path, self.columns)
-
-    def __repr__(self) -> str:
-        return f"CsvSink({self.path!r})"

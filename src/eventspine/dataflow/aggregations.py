@@ -50,6 +50,11 @@ class Aggregator(Protocol[A, V_contra, R_co]):
     accumulators (used by session windows when sessions merge, and by hopping
     windows built from panes) and must be associative: the result may not
     depend on how records were grouped. ``result`` must not mutate.
+
+    Checkpoints pickle accumulators. Optional methods: ``encode(acc) -> bytes``
+    and ``decode(data) -> acc`` for accumulators pickle cannot handle (the
+    sketches use them); ``get_seq() -> int`` and ``set_seq(n)`` for a counter
+    the aggregator keeps outside its accumulators (``first``/``last``).
     """
 
     def create(self) -> A:
@@ -166,12 +171,23 @@ class _Extreme:
 class _ByTime:
     """``first``/``last`` by event time; the accumulator is ``(ts, seq, value)``.
 
-    Ties on event time go to the earlier (first) or later (last) arrival.
+    Ties on event time go to the earlier (first) or later (last) arrival. The
+    arrival counter is per aggregator; checkpoints save it with ``get_seq`` and
+    restore it with ``set_seq`` so ties break the same way after a restart.
     """
 
     def __init__(self, latest: bool) -> None:
         self._latest = latest
         self._seq = 0
+
+    def get_seq(self) -> int:
+        """Return the arrival counter (the last sequence number handed out)."""
+        return self._seq
+
+    def set_seq(self, seq: int) -> None:
+        """Continue numbering after ``seq`` (never moves the counter backwards)."""
+        if seq > self._seq:
+            self._seq = seq
 
     def create(self) -> tuple[int, int, Any] | None:
         return None
@@ -248,6 +264,17 @@ class _DistinctCount:
         estimate: float = acc.get_estimate()
         return round(estimate)
 
+    def encode(self, acc: Any) -> bytes:
+        """Return the sketch as bytes (sketches cannot be pickled; checkpoints use this)."""
+        data: bytes = acc.serialize_updatable()
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        """Return the sketch :meth:`encode` returned the bytes of."""
+        import datasketches
+
+        return datasketches.hll_sketch.deserialize(data)
+
 
 class _Quantiles:
     """KLL quantiles sketch (Apache DataSketches) of float values."""
@@ -277,6 +304,17 @@ class _Quantiles:
         if acc.is_empty():
             return {_q_name(q): None for q in self._qs}
         return {_q_name(q): float(acc.get_quantile(q)) for q in self._qs}
+
+    def encode(self, acc: Any) -> bytes:
+        """Return the sketch as bytes (sketches cannot be pickled; checkpoints use this)."""
+        data: bytes = acc.serialize()
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        """Return the sketch :meth:`encode` returned the bytes of."""
+        import datasketches
+
+        return datasketches.kll_doubles_sketch.deserialize(data)
 
 
 def _q_name(q: float) -> str:

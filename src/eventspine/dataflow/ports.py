@@ -105,6 +105,12 @@ class OpenContext:
         clock: the clock of the run.
         worker: this worker's index; ``workers``: how many there are.
         state_dir: the run's state directory (``None`` for in-memory runs).
+        log: the run's durable log (an ``eventspine.log.Log``; typed ``Any`` because
+            definitions may not import the log layer), or ``None`` for runs without one.
+        group: the consumer group of the run (the pipeline name): topic sources read
+            and commit positions under it.
+        transactional: whether a checkpointer drives the sinks (then sinks that support
+            it stage their output until a checkpoint commits).
     """
 
     step: str
@@ -112,6 +118,9 @@ class OpenContext:
     worker: int = 0
     workers: int = 1
     state_dir: str | None = None
+    log: Any = None
+    group: str = ""
+    transactional: bool = False
 
 
 class SourceReader(Protocol):

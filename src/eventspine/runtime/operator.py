@@ -108,6 +108,33 @@ class Operator:
     def on_end(self) -> None:
         """All inputs have ended; flush what is left (default: nothing)."""
 
+    # -- state for checkpoints -------------------------------------------------------
+    #: Whether the operator keeps state that must survive a restart.
+    stateful = False
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the state entries changed since the previous call, as ``(key, value)``.
+
+        Called by the checkpoint, between batches, after the operator has handled
+        everything before it. ``value`` is ``None`` for an entry that no longer
+        exists. Keys and values must be picklable; keys must be hashable and
+        stable across processes (no ``id()``). The granularity is the operator's
+        choice (per key, per key and window, or one entry for all of it): the
+        checkpoint writes each entry to a compacted changelog, so restoring reads
+        only the latest value of each key.
+        """
+        return []
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild state from the latest value of every entry (called once, before any batch).
+
+        ``entries`` holds what :meth:`snapshot_changes` returned across all
+        checkpoints, reduced to the latest non-``None`` value per key. After
+        ``restore`` the next ``snapshot_changes`` reports only new changes.
+        """
+        if entries:
+            raise AssertionError(f"{type(self).__name__} keeps no state but was given some")
+
 
 @dataclass(frozen=True)
 class DeadLetterEntry:

@@ -28,9 +28,22 @@ Contract (see :class:`~eventspine.dataflow.ports.Processor`):
   discarded, changes it made to ``ctx.state`` are kept. A failing timer is
   reported with the record ``{"timer_ms": at_ms, "key": key}``.
 
-State layout (snapshot-friendly): ``states`` is ``{key: dict}``; timers are heaps
-of ``(at_ms, seq, key)`` plus ``{key: set(at_ms)}`` of live timers (a heap entry
-whose time is no longer in the set was deleted and is skipped).
+State layout: ``states`` is ``{key: dict}``; timers are heaps of
+``(at_ms, seq, key)`` plus ``{key: {at_ms: seq}}`` of live timers (a heap entry
+whose ``(at_ms, seq)`` is not live was deleted, or replaced by a later
+registration, and is skipped). ``seq`` counts registrations, so timers of equal
+time fire in the order their live registration was made.
+
+Checkpoints (``snapshot_changes``/``restore``): every key whose state or timers
+changed is in ``dirty_keys``; the snapshot reports, per dirty key,
+``("key", key) -> (state dict or None, {at: seq} event timers or None,
+{at: seq} processing timers or None)``, or ``None`` once the key has nothing
+left (only if a value was reported before). One operator-wide entry
+``("__meta__",) -> {"seq": n}`` holds the registration counter. ``restore``
+rebuilds the heaps from the live timers, so a restored operator fires exactly
+the timers, in exactly the order, of an uninterrupted one. State values must be
+picklable (the checkpoint raises :class:`~eventspine.errors.StateError` naming
+the step otherwise).
 """
 
 from __future__ import annotations
@@ -53,6 +66,9 @@ if TYPE_CHECKING:
 __all__ = ["ProcessOperator", "make_process"]
 
 _EVENT, _PROC = 0, 1
+
+#: The state entry of the operator-wide values.
+META: tuple[str] = ("__meta__",)
 
 
 def make_process(
@@ -120,7 +136,7 @@ class _Context:
         """Cancel this key's pending timers (event and processing time)."""
         op = self._op
         for kind in (_EVENT, _PROC):
-            if op.timer_sets[kind].pop(self.key, None) is not None:
+            if op.timer_sets[kind].pop(self.key, None):
                 op.dirty_keys.add(self.key)
 
 
@@ -135,10 +151,12 @@ class ProcessOperator(Operator):
         self.states: dict[Any, dict[str, Any]] = {}
         #: Keys whose state or timers changed since the last checkpoint.
         self.dirty_keys: set[Any] = set()
-        # Per kind (event, processing): heap of (at_ms, seq, key) and key -> live times.
+        # Per kind (event, processing): heap of (at_ms, seq, key) and key -> {at_ms: seq}.
         self.timer_heaps: tuple[list[tuple[int, int, Any]], list[tuple[int, int, Any]]] = ([], [])
-        self.timer_sets: tuple[dict[Any, set[int]], dict[Any, set[int]]] = ({}, {})
+        self.timer_sets: tuple[dict[Any, dict[int, int]], dict[Any, dict[int, int]]] = ({}, {})
         self.seq = 0
+        self._saved: set[Any] = set()  # keys whose last reported entry was not None
+        self._meta_saved = 0
         self.ctx = _Context(self)
         self.main: tuple[list[Any], list[int]] = ([], [])
         self.sides: dict[str, tuple[list[Any], list[int]]] = {}
@@ -146,11 +164,11 @@ class ProcessOperator(Operator):
     # -- timers -----------------------------------------------------------------------
     def add_timer(self, kind: int, key: Any, at_ms: int) -> None:
         """Register a timer (idempotent per ``(kind, key, at_ms)``)."""
-        live = self.timer_sets[kind].setdefault(key, set())
+        live = self.timer_sets[kind].setdefault(key, {})
         if at_ms in live:
             return
-        live.add(at_ms)
         self.seq += 1
+        live[at_ms] = self.seq
         heapq.heappush(self.timer_heaps[kind], (at_ms, self.seq, key))
         self.dirty_keys.add(key)
 
@@ -161,11 +179,11 @@ class ProcessOperator(Operator):
         ctx = self.ctx
         on_timer = self.processor.on_timer
         while heap and heap[0][0] <= until_ms:
-            at, _seq, key = heapq.heappop(heap)
+            at, seq, key = heapq.heappop(heap)
             live = sets.get(key)
-            if live is None or at not in live:
-                continue  # deleted
-            live.discard(at)
+            if live is None or live.get(at) != seq:
+                continue  # deleted (or deleted and set again: that entry fires)
+            del live[at]
             if not live:
                 del sets[key]
             self.dirty_keys.add(key)
@@ -184,9 +202,9 @@ class ProcessOperator(Operator):
     def on_watermark(self, wm_ms: int) -> None:
         """Fire due event-time timers (at end of input, see the module docstring)."""
         until = wm_ms
-        heap = self.timer_heaps[_EVENT]
-        if wm_ms >= MAX_TS_MS and heap:
-            until = max(at for at, _s, _k in heap)
+        sets = self.timer_sets[_EVENT]
+        if wm_ms >= MAX_TS_MS and sets:
+            until = max(max(live) for live in sets.values())
         self._fire(_EVENT, until)
         self._flush()
 
@@ -250,4 +268,50 @@ class ProcessOperator(Operator):
             if srecs:
                 self.sides[side] = ([], [])
                 self.out.emit_side(side, Batch(srecs, sts, record_type=None))
+        self.metrics.state_keys = len(self.states)
+
+    # -- checkpoints ----------------------------------------------------------------
+    stateful = True
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the per-key entries changed since the last call, and the counter.
+
+        Values share the live state dicts: the checkpoint encodes them at once.
+        """
+        out: list[tuple[Any, Any]] = []
+        saved = self._saved
+        ev, pr = self.timer_sets
+        for key in self.dirty_keys:
+            value = (self.states.get(key) or None, ev.get(key) or None, pr.get(key) or None)
+            if value == (None, None, None):
+                if key in saved:
+                    saved.discard(key)
+                    out.append((("key", key), None))
+            else:
+                saved.add(key)
+                out.append((("key", key), value))
+        self.dirty_keys = set()
+        if self.seq != self._meta_saved:
+            self._meta_saved = self.seq
+            out.append((META, {"seq": self.seq}))
+        return out
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild state dicts, timers and the counter (on a fresh operator)."""
+        for eid, value in entries:
+            if eid == META:
+                self.seq = self._meta_saved = value["seq"]
+                continue
+            key = eid[1]
+            state, *timers = value
+            if state:
+                self.states[key] = dict(state)
+            for kind, live in enumerate(timers):
+                if live:
+                    self.timer_sets[kind][key] = dict(live)
+                    self.timer_heaps[kind].extend((at, seq, key) for at, seq in live.items())
+            self._saved.add(key)
+        for heap in self.timer_heaps:
+            heapq.heapify(heap)
+        self.dirty_keys = set()
         self.metrics.state_keys = len(self.states)

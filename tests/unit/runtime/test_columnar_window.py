@@ -100,13 +100,13 @@ def _oracle(step: WindowStep, script: list[Any]) -> tuple[list[dict[str, Any]], 
                  "first_v": recs[first][2], "last_v": recs[last][2]}
             )  # fmt: skip
 
-    for kind, value in script + [("wm", MAX_TS_MS)]:
+    for kind, value in [*script, ("wm", MAX_TS_MS)]:
         if kind == "wm":
             wm = max(wm, value)
             close(wm)
             continue
         for row, k, t in zip(value.rows, value.keys, value.ts, strict=True):
-            starts = [s for s in range((t // hop) * hop, t - size, -hop)]
+            starts = list(range((t // hop) * hop, t - size, -hop))
             live = [s for s in starts if s + size > wm]
             if not live:
                 late.append(row)
@@ -237,7 +237,12 @@ def test_mixed_key_types_after_state_is_open_fail_clearly() -> None:
     op = _columnar(_step(es.Tumbling(timedelta(milliseconds=10)), {"n": es.count()}))
     op.on_batch(_batch([("a", 2, 1, "x")], False), 0)
     with pytest.raises(StepError, match="keys of type"):
-        op.on_batch(Batch([{"v": 1}], [3], keys=[1]).with_rows([{"v": 1}, {"v": 2}], [3, 4], [1, "a"], None), 0)
+        op.on_batch(
+            Batch([{"v": 1}], [3], keys=[1]).with_rows(
+                [{"v": 1}, {"v": 2}], [3, 4], [1, "a"], None
+            ),
+            0,
+        )
 
 
 def test_int_keys_from_frames() -> None:

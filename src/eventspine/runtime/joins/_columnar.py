@@ -1,16 +1,20 @@
 """The vectorized path of the inner interval join: both sides buffered as polars frames.
 
-Each side's buffer is one frame with columns ``__key``, ``__ts`` and a struct
-column (``left`` or ``right``) holding the record's user fields. A new batch
-is late-checked and queued; at the next watermark or loop tick the queued
-rows of each side are joined on ``__key`` with the other side's buffer,
-filtered on the bound, and appended to their own buffer (left first, so a
-pair of two new rows is found once, when the right rows are joined with the
-grown left buffer). Joining once per loop iteration rather than once per
-batch matters: a join costs a pass over the other side's buffer. Results are columnar batches with columns
-``<key_field>``, ``left``, ``right`` (structs: a row reads back as
-``{key_field: k, "left": {...}, "right": {...}}``, exactly the record path's
-default result), ``__ts = max(left.ts, right.ts)`` and ``__key``.
+Each side's buffer is a list of chunks (frames with columns ``__key``,
+``__ts`` and a struct column ``left`` or ``right`` holding the record's user
+fields). A new batch is late-checked and queued; at the next watermark or
+loop tick the queued rows of each side are joined on ``__key`` with the other
+side's buffer, filtered on the bound, and appended to their own buffer (left
+first, so a pair of two new rows is found once, when the right rows are
+joined with the grown left buffer). Joining once per loop iteration rather
+than once per batch matters: a join costs a pass over the other side's buffer.
+Eviction drops whole chunks once their newest record is dead, so it costs
+nothing per record.
+
+Results are columnar batches with columns ``<key_field>``, ``left``, ``right``
+(structs: a row reads back as ``{key_field: k, "left": {...}, "right": {...}}``,
+exactly the record path's default result), ``__ts = max(left.ts, right.ts)``
+and ``__key``. A columnar sink reads e.g. ``frame["left"].struct.field("ts")``.
 
 Order: per flush, the pairs of new left rows, then those of new right rows; each in
 the new rows' order, then the buffer's arrival order (``maintain_order="left_right"``).
@@ -35,6 +39,8 @@ __all__ = ["ColumnarBuffers"]
 _META = (TS_COL, KEY_COL, OFF_COL)
 _SIDES = ("left", "right")
 _OTHER_TS = "__ts_o"
+_CHUNK_ROWS = 16_384  # batches are appended to the last chunk while it stays this small
+_MAX_CHUNKS = 16  # a buffer fragmented into more polars chunks is copied into one
 
 
 class ColumnarBuffers:
@@ -50,9 +56,9 @@ class ColumnarBuffers:
         self.lower = lower
         self.upper = upper
         self.key_field = key_field
-        self.frames: list[pl.DataFrame | None] = [None, None]
+        # Per side: the buffer as chunks (frame, largest ts in it), in arrival order.
+        self.chunks: list[list[tuple[pl.DataFrame, int]]] = [[], []]
         self.pending: list[list[pl.DataFrame]] = [[], []]
-        self.min_ts: list[int] = [0, 0]
         # A side's record is evicted once wm > ts + keep[side].
         self.keep = (upper, -lower)
         self.state_keys = 0
@@ -61,7 +67,23 @@ class ColumnarBuffers:
     @property
     def buffered(self) -> int:
         """How many records both sides hold."""
-        return sum(f.height for f in self.frames if f is not None)
+        return sum(c.height for side in self.chunks for c, _ in side)
+
+    def _frame(self, side: int) -> pl.DataFrame | None:
+        """The side's buffer as one frame (without copying, unless it is badly fragmented)."""
+        import polars as pl
+
+        chunks = self.chunks[side]
+        if not chunks:
+            return None
+        if len(chunks) == 1:
+            frame = chunks[0][0]
+        else:
+            frame = pl.concat([c for c, _ in chunks], rechunk=False)
+        if frame.n_chunks() > _MAX_CHUNKS:
+            frame = frame.rechunk()
+            self.chunks[side] = [(frame, max(m for _, m in chunks))]
+        return frame
 
     def push(
         self, frame: pl.DataFrame, port: int, wm_ms: int
@@ -82,10 +104,10 @@ class ColumnarBuffers:
         if not user:
             return False
         new = frame.select(KEY_COL, TS_COL, pl.struct(user).alias(_SIDES[port]))
-        mine = self.pending[port][0] if self.pending[port] else self.frames[port]
+        mine = self._sample(port)
         if mine is not None and mine.schema != new.schema:
             return False
-        other = self.pending[1 - port][0] if self.pending[1 - port] else self.frames[1 - port]
+        other = self._sample(1 - port)
         if other is not None and other.schema[KEY_COL] != new.schema[KEY_COL]:
             return False
         late: pl.DataFrame | None = None
@@ -98,6 +120,12 @@ class ColumnarBuffers:
         if new.height:
             self.pending[port].append(new)
         return late if late is not None and late.height else None
+
+    def _sample(self, side: int) -> pl.DataFrame | None:
+        """Any frame of the side (all share one schema), or ``None``."""
+        if self.pending[side]:
+            return self.pending[side][0]
+        return self.chunks[side][0][0] if self.chunks[side] else None
 
     @property
     def has_pending(self) -> bool:
@@ -120,7 +148,7 @@ class ColumnarBuffers:
             parts = self.pending[port]
             self.pending[port] = []
             new = parts[0] if len(parts) == 1 else pl.concat(parts)
-            other = self.frames[1 - port]
+            other = self._frame(1 - port)
             if other is not None:
                 pairs = self._join(new, other, port)
                 if pairs.height:
@@ -155,41 +183,37 @@ class ColumnarBuffers:
     def _append(self, side: int, new: pl.DataFrame) -> None:
         import polars as pl
 
-        first = new.get_column(TS_COL).min()
-        assert isinstance(first, int)
-        buf = self.frames[side]
-        if buf is None or not buf.height:
-            self.frames[side] = new
-            self.min_ts[side] = first
+        top = new.get_column(TS_COL).max()
+        assert isinstance(top, int)
+        chunks = self.chunks[side]
+        if chunks and chunks[-1][0].height + new.height <= _CHUNK_ROWS:
+            # Small batches share a chunk (no copy), so eviction stays cheap per chunk.
+            last, last_top = chunks[-1]
+            chunks[-1] = (pl.concat([last, new], rechunk=False), max(last_top, top))
         else:
-            self.frames[side] = pl.concat([buf, new], rechunk=False)
-            self.min_ts[side] = min(self.min_ts[side], first)
+            chunks.append((new, top))
 
     def evict(self, wm_ms: int) -> None:
-        """Drop the records that can no longer match (``wm > ts + keep``)."""
-        import polars as pl
+        """Drop the chunks whose records can no longer match (``wm > ts + keep`` for all).
 
+        A chunk goes when its newest record is dead. Dead records inside a live chunk
+        stay until then: they cannot match any record that is not late (such records
+        have ``ts >= wm``), so the inner join's results do not depend on eviction time.
+        """
         evicted = False
         for side in (0, 1):
-            buf = self.frames[side]
-            if buf is None or self.min_ts[side] + self.keep[side] >= wm_ms:
-                continue
-            evicted = True
-            buf = buf.filter(pl.col(TS_COL) >= wm_ms - self.keep[side])
-            if buf.height:
-                self.frames[side] = buf
-                first = buf.get_column(TS_COL).min()
-                assert isinstance(first, int)
-                self.min_ts[side] = first
-            else:
-                self.frames[side] = None
+            chunks = self.chunks[side]
+            bound = wm_ms - self.keep[side]  # records with ts < bound are dead
+            kept = [c for c in chunks if c[1] >= bound]
+            if len(kept) != len(chunks):
+                self.chunks[side] = kept
+                evicted = True
         now = time.monotonic()
         if evicted and now - self._counted >= 1.0:
             # Counting keys costs a pass over the buffers: at most once a second.
             self._counted = now
-            self.state_keys = sum(
-                f.get_column(KEY_COL).n_unique() for f in self.frames if f is not None
-            )
+            frames = (self._frame(side) for side in (0, 1))
+            self.state_keys = sum(f.get_column(KEY_COL).n_unique() for f in frames if f is not None)
 
     def drain(self) -> Iterator[tuple[int, list[Any], list[int], list[Any]]]:
         """Yield and forget each side's buffer as ``(side, keys, ts, records)`` in arrival order.
@@ -198,8 +222,8 @@ class ColumnarBuffers:
         """
         assert not self.has_pending
         for side in (0, 1):
-            buf = self.frames[side]
-            self.frames[side] = None
+            buf = self._frame(side)
+            self.chunks[side] = []
             if buf is None or not buf.height:
                 continue
             yield (

@@ -5,7 +5,11 @@ fold it. Inputs are read a batch at a time, one column per aggregation
 (``list(map(getter, rows))`` runs the getter loop in C for field names), so
 the per-record loops of the window operators only index lists and call
 ``add``. The accumulators of one window are a plain ``list`` in the order
-of ``step.aggs``: easy to snapshot, cheap to index.
+of ``step.aggs``: easy to snapshot, cheap to index. For checkpoints,
+:meth:`AggSet.encode`/:meth:`AggSet.decode` turn accumulators pickle cannot
+handle (sketches) into bytes and back, and :meth:`AggSet.seqs` /
+:meth:`AggSet.set_seqs` save the counters aggregators keep outside their
+accumulators (the ``first``/``last`` tie-break sequence).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class AggSet:
 
     __slots__ = (
         "_aggs",
+        "_codecs",
+        "_counters",
         "_creates",
         "_fast",
         "_getters",
@@ -89,6 +95,18 @@ class AggSet:
         )
         self._merges = tuple(a.aggregator.merge for a in self._aggs)
         self._results = tuple(a.aggregator.result for a in self._aggs)
+        self._codecs: tuple[tuple[int, Callable[[Any], Any], Callable[[Any], Any]], ...] = tuple(
+            (j, a.aggregator.encode, a.aggregator.decode)  # type: ignore[attr-defined]
+            for j, a in enumerate(self._aggs)
+            if callable(getattr(a.aggregator, "encode", None))
+            and callable(getattr(a.aggregator, "decode", None))
+        )
+        self._counters: tuple[Any, ...] = tuple(
+            a.aggregator
+            for a in self._aggs
+            if callable(getattr(a.aggregator, "get_seq", None))
+            and callable(getattr(a.aggregator, "set_seq", None))
+        )
 
     def create(self) -> list[Any]:
         """Return the empty accumulators of one window."""
@@ -136,6 +154,34 @@ class AggSet:
             accs[j] = add(accs[j], values[j])
         for j, add_ts in self.ts_adders:
             accs[j] = add_ts(accs[j], values[j], ts_ms)
+
+    def encode(self, accs: list[Any]) -> list[Any]:
+        """Return ``accs`` in a picklable form (sketches as bytes).
+
+        Without sketches this is ``accs`` itself (no copy): pickle the result
+        before the accumulators change again.
+        """
+        if not self._codecs:
+            return accs
+        out = accs.copy()
+        for j, enc, _dec in self._codecs:
+            out[j] = enc(accs[j])
+        return out
+
+    def decode(self, data: list[Any]) -> list[Any]:
+        """Return the accumulators :meth:`encode` was given (``data`` may be reused)."""
+        for j, _enc, dec in self._codecs:
+            data[j] = dec(data[j])
+        return data
+
+    def seqs(self) -> list[int]:
+        """Return the counters of the aggregators that keep one (``get_seq``), in step order."""
+        return [a.get_seq() for a in self._counters]
+
+    def set_seqs(self, seqs: list[int]) -> None:
+        """Restore counters saved by :meth:`seqs`."""
+        for a, n in zip(self._counters, seqs, strict=True):
+            a.set_seq(n)
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """Return the accumulators combining windows ``a`` and ``b`` (``a`` came first)."""

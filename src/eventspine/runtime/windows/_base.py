@@ -10,6 +10,19 @@ batch) are emitted sorted by ``(event time of the result, key, arrival
 sequence)``. Keys are compared with ``<``; when the keys of a step cannot
 be compared with each other (e.g. ``None`` and ``str``), by
 ``(type name, repr)``. The order therefore never depends on hash seeds.
+
+Checkpoints (``snapshot_changes``/``restore``): each operator keeps a set
+of *dirty* state ids, added to wherever its state changes (one ``set.add``
+per record) and cleared by the snapshot, which reports the current value of
+each dirty id (``None`` once it is gone, and only if a value was reported
+before). Ids are ``(key, window_start)`` for fixed windows and the key for
+the per-key kinds, reported as ``("key", key)``. One more entry,
+:data:`META` (``("__meta__",)``), holds the operator-wide values: the
+watermark, the arrival sequence, the ``EveryInterval`` tick and the
+aggregators' own counters (``first``/``last``). Timers (fire, clean and
+eviction queues) are not saved: ``restore`` derives them from the entries
+and the saved watermark, so they are exactly the ones an uninterrupted run
+holds (up to timers that would have found nothing to do).
 """
 
 from __future__ import annotations
@@ -25,7 +38,10 @@ from eventspine.runtime.operator import ErrorBoundary, Operator
 from eventspine.runtime.windows._aggs import AggSet
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, to_duration_ms
 
-__all__ = ["Due", "Timers", "WindowOperator", "sort_due"]
+__all__ = ["META", "Due", "Timers", "WindowOperator", "sort_due"]
+
+#: The state entry of the operator-wide values (see the module doc).
+META: tuple[str] = ("__meta__",)
 
 #: A result waiting to be emitted: ``(result event time, key, sequence, row)``.
 Due = tuple[int, Any, int, dict[str, Any]]
@@ -76,7 +92,12 @@ class WindowOperator(Operator):
 
     Subclasses implement ``on_batch`` and ``on_watermark`` and call
     :meth:`_flush` at the end of each (results are emitted as one batch).
+    For checkpoints they add the id of every state entry they change to
+    ``self._dirty`` and implement :meth:`_entry` (the picklable value of an
+    id) and :meth:`_load` (rebuild state and timers from the entries).
     """
+
+    stateful = True
 
     def __init__(
         self, step: WindowStep, metrics: StepMetrics, boundary: ErrorBoundary, clock: Clock
@@ -98,6 +119,76 @@ class WindowOperator(Operator):
         self._rows: list[dict[str, Any]] = []
         self._ts: list[int] = []
         self._seq = 0
+        #: Ids of the state entries changed since the last snapshot.
+        self._dirty: set[Any] = set()
+        #: Ids whose latest reported value is not ``None`` (tombstones only for those).
+        self._saved: set[Any] = set()
+        self._meta_saved: dict[str, Any] | None = None
+
+    # -- checkpoints -----------------------------------------------------------------
+    #: Whether entry ids are keys wrapped as ``("key", key)`` (else they are used as is).
+    _per_key = True
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the entries changed since the previous call (see the module doc).
+
+        Values may share objects with the live state: encode them (the
+        checkpoint pickles them at once) before the next hook runs.
+        """
+        out: list[tuple[Any, Any]] = []
+        saved = self._saved
+        wrap = self._per_key
+        for d in self._dirty:
+            value = self._entry(d)
+            if value is None:
+                if d in saved:
+                    saved.discard(d)
+                    out.append((("key", d) if wrap else d, None))
+            else:
+                saved.add(d)
+                out.append((("key", d) if wrap else d, value))
+        self._dirty = set()
+        meta = self._meta()
+        if meta != self._meta_saved:
+            self._meta_saved = meta
+            out.append((META, meta))
+        return out
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild the state, timers and counters from the latest value of each entry.
+
+        The operator must be fresh (no batch handled yet). Its watermark is set
+        to the saved one (the executor sets the same value).
+        """
+        data: list[tuple[Any, Any]] = []
+        for eid, value in entries:
+            if eid == META:
+                self.watermark_ms = value["wm"]
+                pass
+                self._tick = value["tick"]
+                self.aggs.set_seqs(value["agg_seqs"])
+            else:
+                data.append((eid[1] if self._per_key else eid, value))
+        self._load(data)
+        self._saved = {d for d, _v in data}
+        self._dirty = set()
+        self._meta_saved = self._meta()
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "wm": self.watermark_ms,
+            "seq": self._seq,
+            "tick": self._tick,
+            "agg_seqs": self.aggs.seqs(),
+        }
+
+    def _entry(self, d: Any) -> Any:
+        """Return the picklable value of state entry ``d``, or ``None`` if it is gone."""
+        raise NotImplementedError
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild state and timers from ``(id, value)`` (``self.watermark_ms`` is restored)."""
+        raise NotImplementedError
 
     # -- results -------------------------------------------------------------------
     def row(self, key: Any, start: int, end: int, accs: list[Any], final: bool) -> dict[str, Any]:

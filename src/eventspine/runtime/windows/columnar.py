@@ -230,7 +230,7 @@ class ColumnarWindow(Operator):
         self._raw: list[pl.DataFrame] = []  # on-time records since the last close
         self._raw_rows = 0
         # Partial frames (unique (key, pane) rows within each) with their smallest pane.
-        self._parts: list[tuple[pl.DataFrame, int]] = []
+        self._parts: list[_Part] = []
         self._closed = MIN_TS_MS  # every window ending at or before this has been emitted
         self._next_close = _NEVER  # the earliest end of an open window holding data
         self._schema: dict[str, Any] = {}  # dtypes of the key and fields seen so far
@@ -297,19 +297,32 @@ class ColumnarWindow(Operator):
         self._raw = []
         self._raw_rows = 0
         part = raw.group_by([KEY_COL, _PANE]).agg(self._layout.partial)
-        self._parts.append((part, _min_pane(part)))
+        self._parts.append(_Part.of(part))
         if len(self._parts) > _MAX_PARTS:
-            merged = self._combine([f for f, _ in self._parts], [KEY_COL, _PANE])
-            self._parts = [(merged, min(m for _, m in self._parts))]
+            self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
 
-    def _combine(self, frames: list[pl.DataFrame], by: list[str]) -> pl.DataFrame:
-        """Merge partial frames into one row per ``by`` (a frame alone is already unique)."""
+    def _merge(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Merge partial frames into one row per (key, pane).
+
+        Each frame alone is unique; only the rows of the largest frame whose panes
+        fall in the others' pane range can have duplicates, so only those are
+        grouped again (typically a small tail: the panes of the previous batch).
+        """
         import polars as pl
 
         if len(frames) == 1:
             return frames[0]
-        cat = pl.concat(frames, how="vertical_relaxed")
-        return cat.group_by(by).agg(self._layout.combine)
+        i = max(range(len(frames)), key=lambda j: frames[j].height)
+        big = frames[i]
+        panes = pl.concat([f.get_column(_PANE) for j, f in enumerate(frames) if j != i])
+        overlap = pl.col(_PANE).is_between(panes.min(), panes.max())
+        # Arrival order is kept: first/last break event-time ties by it.
+        mixed = pl.concat(
+            [big.filter(overlap) if j == i else f for j, f in enumerate(frames)],
+            how="vertical_relaxed",
+        )
+        merged = mixed.group_by([KEY_COL, _PANE]).agg(self._layout.combine)
+        return pl.concat([merged, big.filter(~overlap)], how="vertical_relaxed")
 
     def _close(self, prev: int, wm: int) -> None:
         import polars as pl
@@ -322,13 +335,11 @@ class ColumnarWindow(Operator):
         hi = geo.first_live_start(wm) - geo.hop
         # Panes holding data of those windows: first_start(pane) <= hi, last_start(pane) >= lo.
         due = (geo.first_start(pane) <= hi) & (geo.last_start(pane) >= lo)
-        ready = [
-            f.filter(due) for f, min_pane in self._parts if geo.first_start_of(min_pane) <= hi
-        ]
+        ready = [p.frame.filter(due) for p in self._parts if geo.first_start_of(p.min_pane) <= hi]
         ready = [f for f in ready if f.height]
         wins: pl.DataFrame | None = None
         if ready and geo.tumbling:
-            wins = self._combine(ready, [KEY_COL, _PANE]).rename({_PANE: _WS})
+            wins = self._merge(ready).rename({_PANE: _WS})
         elif ready:
             first = pl.max_horizontal(geo.first_start(pane), pl.lit(lo))
             last = pl.min_horizontal(geo.last_start(pane), pl.lit(hi))
@@ -352,31 +363,34 @@ class ColumnarWindow(Operator):
             self.out.emit(Batch.of_frame(out))
         # Forget panes whose last window has closed.
         alive = geo.last_start(pane) + geo.size > wm
-        parts: list[tuple[pl.DataFrame, int]] = []
-        for f, min_pane in self._parts:
-            if geo.last_start_of(min_pane) + geo.size > wm:
-                parts.append((f, min_pane))
+        parts: list[_Part] = []
+        for p in self._parts:
+            if geo.last_start_of(p.min_pane) + geo.size > wm:
+                parts.append(p)
                 continue
-            f = f.filter(alive)
+            f = p.frame.filter(alive)
             if f.height:
-                parts.append((f, _min_pane(f)))
+                parts.append(_Part.of(f))
         self._parts = parts
         after = geo.end_after(wm)
         self._next_close = min(
-            (max(geo.first_start_of(m) + geo.size, after) for _, m in parts), default=_NEVER
+            (max(geo.first_start_of(p.min_pane) + geo.size, after) for p in parts),
+            default=_NEVER,
         )
         self._count_state()
 
     def _count_state(self) -> None:
         # Exact when one partial frame is left; an upper bound otherwise (frames may
         # share (key, pane) rows) or while records are queued.
-        self.metrics.state_keys = sum(f.height for f, _ in self._parts) + self._raw_rows
+        self.metrics.state_keys = sum(p.frame.height for p in self._parts) + self._raw_rows
 
     def _emit_late(self, batch: Batch, late: pl.Series) -> None:
         n = int(late.sum())
         self.metrics.late += n
         if batch.is_columnar:
-            self.out.emit_side("late", batch.with_frame(batch.frame.filter(late), batch.record_type))
+            self.out.emit_side(
+                "late", batch.with_frame(batch.frame.filter(late), batch.record_type)
+            )
             return
         idx = [i for i, bad in enumerate(late.to_list()) if bad]
         rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
@@ -427,8 +441,10 @@ class ColumnarWindow(Operator):
             seen = self._schema.get(name)
             if seen is None or str(seen) == "Null":
                 self._schema[name] = dtype
-            elif dtype != seen and str(dtype) != "Null" and not (
-                dtype.is_numeric() and seen.is_numeric()
+            elif (
+                dtype != seen
+                and str(dtype) != "Null"
+                and not (dtype.is_numeric() and seen.is_numeric())
             ):
                 what = "keys" if name == KEY_COL else f"field '{name}'"
                 return f"{what} changed type from {seen} to {dtype}"
@@ -438,8 +454,18 @@ class ColumnarWindow(Operator):
 _NUMERIC = frozenset({int, float})
 
 
-def _min_pane(frame: pl.DataFrame) -> int:
-    return int(frame.get_column(_PANE).min())  # type: ignore[arg-type]
+class _Part:
+    """A frame of partial aggregates (one row per (key, pane)) and its smallest pane."""
+
+    __slots__ = ("frame", "min_pane")
+
+    def __init__(self, frame: pl.DataFrame, min_pane: int) -> None:
+        self.frame = frame
+        self.min_pane = min_pane
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _Part:
+        return cls(frame, int(frame.get_column(_PANE).min()))  # type: ignore[arg-type]
 
 
 def _columns_of(frame: pl.DataFrame, fields: dict[str, set[str]]) -> pl.DataFrame | str:

@@ -11,7 +11,8 @@ source partitions, "arrival order" is the order the operator receives
 records, which depends on how partitions interleave.
 
 State layout (plain data): ``windows``: ``{key: [accs, n_records, min_ts_ms,
-max_ts_ms, changed]}``, the one open window of each key.
+max_ts_ms, changed]}``, the one open window of each key. Checkpoint entries:
+one per key, valued ``(accs, n_records, min_ts_ms, max_ts_ms, changed)``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ class CountWindows(WindowOperator):
         keys = batch.keys if batch.keys is not None else [None] * n
         cols, failed = self.aggs.columns(batch, self.boundary)
         windows = self.windows
+        dirty_add = self._dirty.add
         for i in range(n):
             if failed and i in failed:
                 continue
             t, k = ts[i], keys[i]
+            dirty_add(k)
             w = windows.get(k)
             fresh = w is None
             if w is None:
@@ -87,6 +90,7 @@ class CountWindows(WindowOperator):
             self.push_due(self._due(final=False, only_changed=True))
         if wm_ms >= MAX_TS_MS and self.windows:
             self.push_due(self._due(final=True, only_changed=False))
+            self._dirty.update(self.windows)
             self.windows.clear()
         self._flush()
         self.metrics.state_keys = len(self.windows)
@@ -96,7 +100,21 @@ class CountWindows(WindowOperator):
         for k, w in self.windows.items():
             if only_changed and not w[CHANGED]:
                 continue
-            w[CHANGED] = False
+            if w[CHANGED]:
+                w[CHANGED] = False
+                self._dirty.add(k)
             row = self.row(k, w[MIN_TS], w[MAX_TS] + 1, w[ACCS], final)
             due.append((w[MAX_TS], k, 0, row))
         return due
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _entry(self, d: Any) -> Any:
+        w = self.windows.get(d)
+        if w is None:
+            return None
+        return (self.aggs.encode(w[ACCS]), w[N], w[MIN_TS], w[MAX_TS], w[CHANGED])
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        for key, (accs, n, min_ts, max_ts, changed) in entries:
+            self.windows[key] = [self.aggs.decode(accs), n, min_ts, max_ts, changed]
+        self.metrics.state_keys = len(self.windows)

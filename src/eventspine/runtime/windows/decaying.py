@@ -25,6 +25,10 @@ State layout (plain data), per key: ``ExponentialDecay`` keeps O(1) state
 ``ref_ms`` (the latest folded time); a key is dropped once its weight has
 decayed below ``2**-64``. ``LinearDecay``/``CustomDecay`` keep the records
 within the horizon: ``[(ts_ms, seq, values), ...]``.
+
+Checkpoint entries: one per key, valued ``(state or None, pending records
+or None)``. ``fire`` (a timer per pending record, ``OnClose``) and
+``evict`` are derived on restore.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class DecayingAggregate(WindowOperator):
                 self.boundary.user_error(exc, batch, i)
                 continue
             seq = self.next_seq()
+            self._dirty.add(k)
             if t + 1 > wm:
                 self.pending.setdefault(k, []).append((t, seq, values))
                 if not self.interval_ms:
@@ -124,15 +129,15 @@ class DecayingAggregate(WindowOperator):
         """Fold and evaluate what the watermark passed (per record or per interval)."""
         due: list[Due] = []
         if self.interval_ms:
+            prev = self._tick
             if self.tick(wm_ms):
-                b = self._tick * self.interval_ms
-                self._fold_pending(b, None)
-                due.extend((b, k, 0, self._row(k, b, False)) for k in list(self.state))
+                self._every_boundary(prev + 1, self._tick, due)
             elif wm_ms >= MAX_TS_MS:
                 self._fold_pending(MAX_TS_MS, None)
                 due.extend(
                     (self._ref(k), k, 0, self._row(k, self._ref(k), True)) for k in self.state
                 )
+                self._dirty.update(self.state)
                 self.state.clear()
         else:
             keys: dict[Any, None] = {}
@@ -145,6 +150,29 @@ class DecayingAggregate(WindowOperator):
         self._flush()
         self.metrics.state_keys = len(self.state)
 
+    def _every_boundary(self, first: int, last: int, due: list[Due]) -> None:
+        """Evaluate at each interval boundary ``first..last`` the watermark crossed.
+
+        Every boundary is evaluated (not just the latest), so the updates do not
+        depend on how far one watermark step went, i.e. on batch sizes. While no
+        key has state, boundaries before the next pending record are skipped.
+        """
+        iv = self.interval_ms
+        i = first
+        while i <= last:
+            if not self.state:
+                earliest = min((t for recs in self.pending.values() for t, *_ in recs), default=None)
+                if earliest is None:
+                    return
+                i = max(i, -(-earliest // iv))  # first boundary at or after the earliest record
+                if i > last:
+                    return
+            b = i * iv
+            self._fold_pending(b, None)
+            due.extend((b, k, 0, self._row(k, b, False)) for k in list(self.state))
+            self._expire(b + 1)
+            i += 1
+
     def _fold_pending(self, upto: int, only: Any, due: list[Due] | None = None) -> None:
         """Fold pending records with ``ts <= upto`` (of key ``only`` when ``due`` is given).
 
@@ -155,6 +183,7 @@ class DecayingAggregate(WindowOperator):
             recs = self.pending.get(k)
             if not recs:
                 continue
+            self._dirty.add(k)
             recs.sort(key=lambda r: (r[0], r[1]))
             cut = 0
             while cut < len(recs) and recs[cut][0] <= upto:
@@ -267,11 +296,42 @@ class DecayingAggregate(WindowOperator):
                 if self.exp_half_life:
                     if st[0] + _DROP_HALF_LIVES * self.exp_half_life + self.lateness_ms <= wm_ms:
                         del self.state[k]
+                        self._dirty.add(k)
                     continue
                 horizon = self.decay.horizon_ms
                 assert horizon is not None
                 keep = [r for r in st if r[0] + horizon + self.lateness_ms + 2 > wm_ms]
+                if len(keep) == len(st):
+                    continue
+                self._dirty.add(k)
                 if keep:
                     self.state[k] = keep
                 else:
                     del self.state[k]
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _entry(self, d: Any) -> Any:
+        st, pend = self.state.get(d), self.pending.get(d)
+        if st is None and not pend:
+            return None
+        return (st, pend or None)
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        h, lateness = self.exp_half_life, self.lateness_ms
+        for key, (st, pend) in entries:
+            if pend:
+                self.pending[key] = pend
+                if not self.interval_ms:
+                    for t, _seq, _values in pend:
+                        self.fire.add(t + 1, key)
+            if st is None:
+                continue
+            self.state[key] = st
+            if h:
+                self.evict.add(st[0] + _DROP_HALF_LIVES * h + lateness, key)
+            else:
+                horizon = self.decay.horizon_ms
+                assert horizon is not None
+                for t, _seq, _values in st:
+                    self.evict.add(t + horizon + lateness + 2, key)
+        self.metrics.state_keys = len(self.state)

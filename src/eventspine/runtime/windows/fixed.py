@@ -8,6 +8,12 @@ State layout (plain data, ready for durable snapshots):
   watermark reaches it; ``clean``: ``end + allowed_lateness`` -> entries to drop;
 * ``counts`` (``EveryN``) and ``changed`` (``EveryInterval``) per entry.
 
+Checkpoint entries: one per ``(key, window_start_ms)``, valued ``(accs,
+count, changed)`` (accumulators encoded by ``AggSet.encode``). ``fire`` and
+``clean`` are derived on restore: a window whose end is after the saved
+watermark waits to fire, the others (already emitted, kept for lateness)
+wait to be dropped at ``end + lateness``.
+
 A window emits its result when the watermark reaches its end. With allowed
 lateness it stays in ``state`` until the watermark reaches ``end +
 lateness``; a late record in that period updates it and its result is
@@ -37,6 +43,8 @@ Entry = tuple[Any, int]
 
 class FixedWindows(WindowOperator):
     """The record-at-a-time operator for ``Tumbling`` and ``Hopping`` windows."""
+
+    _per_key = False
 
     def __init__(
         self, step: WindowStep, metrics: StepMetrics, boundary: ErrorBoundary, clock: Clock
@@ -106,6 +114,7 @@ class FixedWindows(WindowOperator):
         lateness = self.lateness_ms
         wm = self.watermark_ms
         fire_add = self.fire.add
+        dirty_add = self._dirty.add
         for i in range(len(ts)):
             if failed and i in failed:
                 continue
@@ -123,6 +132,7 @@ class FixedWindows(WindowOperator):
                     fire_add(end, sk)
                 else:
                     self.clean.add(end + lateness, sk)
+            dirty_add(sk)
             try:
                 for j, add, col in plain:
                     accs[j] = add(accs[j], col[i])
@@ -150,6 +160,7 @@ class FixedWindows(WindowOperator):
         size, hop, off = self.size_ms, self.hop_ms, self.offset_ms
         lateness = self.lateness_ms
         wm = self.watermark_ms
+        dirty_add = self._dirty.add
         for i in range(len(ts)):
             if failed and i in failed:
                 continue
@@ -170,6 +181,7 @@ class FixedWindows(WindowOperator):
                         self.fire.add(end, sk)
                     else:
                         self.clean.add(end + lateness, sk)
+                dirty_add(sk)
                 try:
                     for j, add, col in plain:
                         accs[j] = add(accs[j], col[i])
@@ -210,6 +222,7 @@ class FixedWindows(WindowOperator):
                     updates.append(
                         (end - 1, sk[0], 0, self.row(sk[0], sk[1], end, state[sk], False))
                     )
+            self._dirty.update(self.changed)
             self.changed.clear()
             self.push_due(updates)
         due: list[Due] = []
@@ -230,6 +243,29 @@ class FixedWindows(WindowOperator):
 
     def _drop(self, sk: Entry) -> None:
         del self.state[sk]
+        self._dirty.add(sk)
         if self.updates:
             self.counts.pop(sk, None)
             self.changed.pop(sk, None)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _entry(self, d: Any) -> Any:
+        accs = self.state.get(d)
+        if accs is None:
+            return None
+        return (self.aggs.encode(accs), self.counts.get(d, 0), d in self.changed)
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        wm, size, lateness = self.watermark_ms, self.size_ms, self.lateness_ms
+        for sk, (accs, count, changed) in entries:
+            self.state[sk] = self.aggs.decode(accs)
+            if count:
+                self.counts[sk] = count
+            if changed:
+                self.changed[sk] = None
+            end = sk[1] + size
+            if end > wm:
+                self.fire.add(end, sk)
+            else:
+                self.clean.add(end + lateness, sk)
+        self.metrics.state_keys = len(self.state)

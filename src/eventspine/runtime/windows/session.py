@@ -13,6 +13,12 @@ changed]``; plus two heaps of ``(time, seq, key, session)`` timers (close at
 ``last + gap``, drop at ``last + gap + allowed_lateness``), validated lazily
 when popped because sessions grow and merge.
 
+Checkpoint entries: one per key, valued ``[(start_ms, last_ts_ms, accs,
+n_records, changed), ...]`` (its live sessions). ``fired`` and the timers
+are derived on restore: a session whose end ``last + gap`` is after the
+saved watermark waits to fire, the others (emitted, kept for lateness) wait
+to be dropped.
+
 Lateness: a record is late when it opens no live session and merges with
 none that is still kept (``t + gap + lateness <= watermark``). A record that
 extends or merges a session that already emitted re-emits it: the merged
@@ -64,6 +70,7 @@ class SessionWindows(WindowOperator):
         wm = self.watermark_ms
         late_idx: list[int] = []
         refire: dict[int, tuple[Any, list[Any]]] = {}
+        dirty_add = self._dirty.add
         for i in range(n):
             if failed and i in failed:
                 continue
@@ -74,6 +81,7 @@ class SessionWindows(WindowOperator):
                 late_idx.append(i)
                 continue
             old_end = hits[0][LAST] + gap if len(hits) == 1 else None
+            dirty_add(k)
             try:
                 if len(hits) == 1:
                     s = hits[0]
@@ -165,6 +173,7 @@ class SessionWindows(WindowOperator):
                 for s in lst:
                     if s[CHANGED] and not s[FIRED] and s[LAST] + gap > wm_ms:
                         s[CHANGED] = False
+                        self._dirty.add(k)
                         updates.append(self._due(k, s, False))
             self.push_due(updates)
         due: list[Due] = []
@@ -192,6 +201,7 @@ class SessionWindows(WindowOperator):
         s[ALIVE] = False
         self._unlist(key, s)
         self.open_count -= 1
+        self._dirty.add(key)
 
     def _unlist(self, key: Any, s: list[Any]) -> None:
         lst = [x for x in self.sessions[key] if x is not s]
@@ -199,3 +209,30 @@ class SessionWindows(WindowOperator):
             self.sessions[key] = lst
         else:
             del self.sessions[key]
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _entry(self, d: Any) -> Any:
+        lst = self.sessions.get(d)
+        if not lst:
+            return None
+        enc = self.aggs.encode
+        return [(s[START], s[LAST], enc(s[ACCS]), s[COUNT], s[CHANGED]) for s in lst]
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        wm, gap, lateness = self.watermark_ms, self.gap_ms, self.lateness_ms
+        seq = 0  # negative timer sequences: unique, and apart from next_seq()'s
+        for key, saved in entries:
+            lst: list[list[Any]] = []
+            for start, last, accs, count, changed in saved:
+                end = last + gap
+                fired = end <= wm
+                s = [start, last, self.aggs.decode(accs), True, fired, count, changed]
+                lst.append(s)
+                seq -= 1
+                if fired:
+                    heapq.heappush(self.clean, (end + lateness, seq, key, s))
+                else:
+                    heapq.heappush(self.fire, (end, seq, key, s))
+            self.sessions[key] = lst
+            self.open_count += len(lst)
+        self.metrics.state_keys = self.open_count

@@ -12,6 +12,10 @@ sorted by ``(ts_ms, seq)``, where ``inputs`` holds each aggregation's input;
 ``t + size + lateness`` -> keys whose buffer can be trimmed (a record is
 kept while a window that contains it can still be emitted or corrected).
 
+Checkpoint entries: one per key, valued its buffer. ``fire`` (the records
+after the saved watermark), ``pending`` and ``evict`` (one timer per
+buffered record) are derived on restore.
+
 Each result folds the records of its window afresh (``O(records per
 window)``): any mergeable aggregation works, none needs to be invertible.
 A late record within the allowed lateness emits its own result and
@@ -92,6 +96,7 @@ class SlidingWindows(WindowOperator):
                 buf.append((t, seq, inputs))
             else:
                 insort(buf, (t, seq, inputs))
+            self._dirty.add(k)
             self.evict.add(t + self.size_ms + lateness, k)
             if t + 1 > wm:
                 self.fire.add(t + 1, (k, seq))
@@ -151,7 +156,24 @@ class SlidingWindows(WindowOperator):
                 cut = bisect_right(buf, horizon, key=_TS)
                 if cut == len(buf):
                     del self.buffers[k]
+                    self._dirty.add(k)
                 elif cut:
                     del buf[:cut]
+                    self._dirty.add(k)
         self._flush()
+        self.metrics.state_keys = self.pending
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _entry(self, d: Any) -> Any:
+        return self.buffers.get(d)
+
+    def _load(self, entries: list[tuple[Any, Any]]) -> None:
+        wm, keep = self.watermark_ms, self.size_ms + self.lateness_ms
+        for key, buf in entries:
+            self.buffers[key] = buf
+            for t, seq, _inputs in buf:
+                self.evict.add(t + keep, key)
+                if t + 1 > wm:
+                    self.fire.add(t + 1, (key, seq))
+                    self.pending += 1
         self.metrics.state_keys = self.pending

@@ -1,0 +1,404 @@
+"""Checkpoints: source positions, state changes and outputs, committed atomically.
+
+A checkpoint is taken between loop iterations, when every batch read so far
+has been handled and watermarks have been propagated. In one log transaction
+(one SQLite transaction on the embedded log) it appends:
+
+* each stateful operator's changed state entries to its compacted changelog
+  topic ``__es.<pipeline>.<step>.changelog``;
+* the records staged by topic sinks, and the dead letters since the last
+  checkpoint;
+* the consumer positions of topic sources (``commit_positions``);
+* one metadata record to ``__es.<pipeline>.checkpoints``: the checkpoint id,
+  the pipeline's signature, every source partition's position and clock,
+  every operator's watermark, and each file sink's publish intent.
+
+File sinks are two-phase: they stage their bytes before the transaction
+(``prepare``) and publish them after it commits (``publish``); on restart
+``recover`` completes or rolls back what the last committed checkpoint says.
+So after a crash at any point, the committed output is that of the last
+committed checkpoint, and the run resumes from exactly there.
+
+Failpoints (see :mod:`eventspine.failpoints`) mark each step of the protocol:
+``ckpt.before_begin``, ``ckpt.after_state_write``, ``ckpt.after_output_append``,
+``ckpt.before_commit``, ``ckpt.after_commit_before_ack``, ``ckpt.after_publish``,
+``recovery.before_restore``, ``recovery.mid_replay``, ``recovery.after_restore``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from eventspine import failpoints
+from eventspine.dataflow.steps import SourceStep
+from eventspine.errors import StateError
+from eventspine.log.base import LogRecord, TopicSpec
+from eventspine.runtime.operator import DeadLetterEntry, Operator
+from eventspine.serde.state import decode_state, encode_state
+from eventspine.timeutil import Clock, to_duration_ms
+
+if TYPE_CHECKING:
+    from eventspine.log.base import Log, LogTransaction
+    from eventspine.runtime.plan import Plan
+    from eventspine.runtime.routing import SinkOperator
+
+__all__ = ["CheckpointMeta", "CheckpointPolicy", "Checkpointer", "names"]
+
+_META_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When checkpoints are taken.
+
+    Attributes:
+        interval: at most this long between checkpoints (wall clock).
+        records: also after this many records read since the last one (``None``: no limit).
+    """
+
+    interval: timedelta = timedelta(seconds=1)
+    records: int | None = None
+
+
+class names:  # noqa: N801  # a namespace of naming rules, used as names.changelog(...)
+    """How internal topics are named (one place, shared by the CLI)."""
+
+    @staticmethod
+    def prefix(pipeline: str) -> str:
+        """The prefix of every internal topic of ``pipeline``."""
+        return f"__es.{pipeline}."
+
+    @staticmethod
+    def checkpoints(pipeline: str) -> str:
+        """The topic holding one metadata record per checkpoint."""
+        return f"__es.{pipeline}.checkpoints"
+
+    @staticmethod
+    def changelog(pipeline: str, step: str) -> str:
+        """The compacted topic holding a stateful step's state."""
+        return f"__es.{pipeline}.{step}.changelog"
+
+
+class CheckpointMeta(msgspec.Struct, kw_only=True):
+    """The metadata record of one committed checkpoint (JSON in the log)."""
+
+    format: int = _META_FORMAT
+    id: int
+    time: str
+    pipeline: str
+    signature: dict[str, str]
+    positions: dict[str, dict[str, int]]
+    clocks: dict[str, dict[str, list[int]]]
+    watermarks: dict[str, int]
+    sinks: dict[str, Any]
+    records_read: int = 0
+
+
+class Checkpointer:
+    """Takes checkpoints of a compiled plan into a log, and restores from them."""
+
+    def __init__(self, log: Log, plan: Plan, clock: Clock, policy: CheckpointPolicy) -> None:
+        self.log = log
+        self.plan = plan
+        self.clock = clock
+        self.policy = policy
+        self.pipeline = plan.pipeline.name
+        self.checkpoint_id = 0
+        self.restored_from: int | None = None
+        self._interval_s = to_duration_ms(policy.interval) / 1000
+        self._last = clock.monotonic()
+        self._records_since = 0
+        self._records_total = 0
+        self._dead_sent = 0
+        self.stateful: list[Operator] = [op for op in plan.operators if op.stateful]
+        self.signature = _signature(plan)
+        self.durations_s: list[float] = []
+
+    # -- topics ------------------------------------------------------------------------
+    def ensure_topics(self) -> None:
+        """Create the internal topics this pipeline needs (idempotent)."""
+        self.log.create_topic(TopicSpec(names.checkpoints(self.pipeline), retention=timedelta(days=7)))
+        for op in self.stateful:
+            self.log.create_topic(
+                TopicSpec(names.changelog(self.pipeline, op.name), compacted=True)
+            )
+
+    # -- recovery ----------------------------------------------------------------------
+    def last_meta(self) -> CheckpointMeta | None:
+        """Return the last committed checkpoint's metadata, or ``None`` if there is none."""
+        return read_last_meta(self.log, self.pipeline)
+
+    def recover(self) -> int | None:
+        """Restore state, positions, clocks and sinks from the last checkpoint.
+
+        Returns:
+            the checkpoint id resumed from, or ``None`` on a fresh start.
+
+        Raises:
+            StateError: the state was written by an incompatible pipeline.
+        """
+        self.ensure_topics()
+        meta = self.last_meta()
+        failpoints.hit("recovery.before_restore")
+        for sink in self.plan.sinks:
+            recover = getattr(sink.writer, "recover", None)
+            if recover is not None:
+                recover(None if meta is None else meta.sinks.get(sink.name))
+        if meta is None:
+            return None
+        self._check_signature(meta)
+        for op in self.stateful:
+            entries = self._read_changelog(op.name)
+            op.restore(entries)
+        by_name = {src.name: src for src in self.plan.sources}
+        for step, positions in meta.positions.items():
+            src = by_name[step]
+            clocks = meta.clocks.get(step, {})
+            for reader, pc in zip(src.readers, src.partitions, strict=True):
+                if reader.partition in positions:
+                    reader.seek(positions[reader.partition])
+                    src.positions[reader.partition] = positions[reader.partition]
+                if reader.partition in clocks:
+                    pc.max_ts, pc.watermark = clocks[reader.partition]
+            if step in meta.watermarks:
+                src.watermark_ms = meta.watermarks[step]
+        for op in self.plan.operators:
+            wm = meta.watermarks.get(op.name)
+            if wm is not None:
+                op.watermark_ms = wm
+        self.checkpoint_id = meta.id
+        self.restored_from = meta.id
+        self._records_total = meta.records_read
+        failpoints.hit("recovery.after_restore")
+        return meta.id
+
+    def restored_watermarks(self) -> dict[str, int]:
+        """The operator watermarks of the checkpoint resumed from (empty on a fresh start)."""
+        meta = self.last_meta() if self.restored_from is not None else None
+        return {} if meta is None else dict(meta.watermarks)
+
+    def _check_signature(self, meta: CheckpointMeta) -> None:
+        old, new = meta.signature, self.signature
+        for step, sig in old.items():
+            if step not in new:
+                raise StateError(
+                    f"the state of pipeline '{self.pipeline}' (checkpoint {meta.id}) has a "
+                    f"stateful step '{step}' ({sig}) that this pipeline no longer has (renamed or "
+                    f"removed). Run the pipeline version that wrote it, or start fresh with "
+                    f"`eventspine state reset {self.pipeline}` (this discards its state and "
+                    f"positions)"
+                )
+            if new[step] != sig:
+                raise StateError(
+                    f"step '{step}' of pipeline '{self.pipeline}' changed since checkpoint "
+                    f"{meta.id}: it was {sig}, it is now {new[step]}; its saved state cannot be "
+                    f"used. Run the version that wrote it, or start fresh with "
+                    f"`eventspine state reset {self.pipeline}`"
+                )
+
+    def _read_changelog(self, step: str) -> list[tuple[Any, Any]]:
+        topic = names.changelog(self.pipeline, step)
+        latest: dict[bytes, bytes | None] = {}
+        info = self.log.topics()[topic]
+        for po in info.offsets:
+            offset = po.log_start
+            while offset < po.end:
+                batch = self.log.read(topic, po.partition, offset, 10_000)
+                if not batch:
+                    break
+                failpoints.hit("recovery.mid_replay")
+                for rec in batch:
+                    assert rec.key is not None
+                    latest[rec.key] = rec.value
+                offset = batch[-1].offset + 1
+        return [
+            (decode_state(k, step=step), decode_state(v, step=step))
+            for k, v in latest.items()
+            if v is not None
+        ]
+
+    # -- checkpoints -------------------------------------------------------------------
+    def note_records(self, n: int) -> None:
+        """Count records read since the last checkpoint (for the record-count policy)."""
+        self._records_since += n
+        self._records_total += n
+
+    def due(self) -> bool:
+        """Whether the policy asks for a checkpoint now."""
+        if self.clock.monotonic() - self._last >= self._interval_s:
+            return True
+        limit = self.policy.records
+        return limit is not None and self._records_since >= limit
+
+    def checkpoint(self, watermarks: Mapping[str, int]) -> int:
+        """Commit one checkpoint; return its id.
+
+        Args:
+            watermarks: the current watermark of every source and operator, by name.
+        """
+        t0 = self.clock.monotonic()
+        ckpt = self.checkpoint_id + 1
+        failpoints.hit("ckpt.before_begin")
+        intents: dict[str, Any] = {}
+        for sink in self.plan.sinks:
+            prepare = getattr(sink.writer, "prepare", None)
+            if prepare is not None:
+                intents[sink.name] = prepare(ckpt)
+        with self.log.transaction() as txn:
+            for op in self.stateful:
+                changes = op.snapshot_changes()
+                if changes:
+                    txn.append(
+                        names.changelog(self.pipeline, op.name),
+                        0,
+                        [
+                            LogRecord(
+                                encode_state(k, step=op.name),
+                                None if v is None else encode_state(v, step=op.name),
+                                0,
+                            )
+                            for k, v in changes
+                        ],
+                    )
+            failpoints.hit("ckpt.after_state_write")
+            for sink in self.plan.sinks:
+                self._append_sink_records(txn, sink)
+            self._append_dead_letters(txn, ckpt)
+            failpoints.hit("ckpt.after_output_append")
+            meta = self._meta(ckpt, watermarks, intents)
+            self._commit_topic_positions(txn)
+            txn.append(
+                names.checkpoints(self.pipeline),
+                0,
+                [LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms())],
+            )
+            failpoints.hit("ckpt.before_commit")
+        failpoints.hit("ckpt.after_commit_before_ack")
+        for sink in self.plan.sinks:
+            publish = getattr(sink.writer, "publish", None)
+            if publish is not None:
+                publish(ckpt)
+        failpoints.hit("ckpt.after_publish")
+        self.checkpoint_id = ckpt
+        self._last = self.clock.monotonic()
+        self._records_since = 0
+        self.durations_s.append(self._last - t0)
+        return ckpt
+
+    def _meta(
+        self, ckpt: int, watermarks: Mapping[str, int], intents: dict[str, Any]
+    ) -> CheckpointMeta:
+        positions: dict[str, dict[str, int]] = {}
+        clocks: dict[str, dict[str, list[int]]] = {}
+        for src in self.plan.sources:
+            positions[src.name] = dict(src.positions)
+            clocks[src.name] = {
+                r.partition: [pc.max_ts, pc.watermark]
+                for r, pc in zip(src.readers, src.partitions, strict=True)
+            }
+        return CheckpointMeta(
+            id=ckpt,
+            time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            pipeline=self.pipeline,
+            signature=self.signature,
+            positions=positions,
+            clocks=clocks,
+            watermarks=dict(watermarks),
+            sinks=intents,
+            records_read=self._records_total,
+        )
+
+    def _append_sink_records(self, txn: LogTransaction, sink: SinkOperator) -> None:
+        drain = getattr(sink.writer, "drain_log_records", None)
+        if drain is None:
+            return
+        for topic, partition, records in drain():
+            txn.append(topic, partition, records)
+
+    def _append_dead_letters(self, txn: LogTransaction, ckpt: int) -> None:
+        entries = self.plan.dead_letters.entries
+        new = entries[self._dead_sent :]
+        if not new:
+            return
+        by_topic: dict[str, list[LogRecord]] = {}
+        for e in new:
+            by_topic.setdefault(e.topic, []).append(
+                LogRecord(e.step.encode(), dead_letter_value(e, ckpt), self.clock.now_ms())
+            )
+        for topic, records in by_topic.items():
+            self.log.create_topic(TopicSpec(topic))
+            txn.append(topic, 0, records)
+        self._dead_sent = len(entries)
+
+    def _commit_topic_positions(self, txn: LogTransaction) -> None:
+        for src in self.plan.sources:
+            by_topic: dict[str, dict[int, int]] = {}
+            for reader in src.readers:
+                topic = getattr(reader, "topic", None)
+                pid = getattr(reader, "partition_id", None)
+                if topic is None or pid is None or reader.partition not in src.positions:
+                    continue
+                by_topic.setdefault(topic, {})[pid] = src.positions[reader.partition]
+            for topic, positions in by_topic.items():
+                txn.commit_positions(self.pipeline, topic, positions)
+
+
+def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:
+    """Encode a dead letter as the JSON object stored in the dead-letter topic."""
+    record: Any = None
+    if e.record is not None:
+        try:
+            record = msgspec.to_builtins(e.record)
+            msgspec.json.encode(record)
+        except (TypeError, msgspec.EncodeError):
+            record = repr(e.record)
+    return msgspec.json.encode(
+        {
+            "step": e.step,
+            "partition": e.partition,
+            "offset": e.offset,
+            "error_type": e.error_type,
+            "error": e.error,
+            "raw": None if e.raw is None else base64.b64encode(e.raw).decode(),
+            "record": record,
+            "attempts": e.attempts,
+            "checkpoint": ckpt,
+        }
+    )
+
+
+def read_last_meta(log: Log, pipeline: str) -> CheckpointMeta | None:
+    """Return the last committed checkpoint metadata of ``pipeline`` in ``log``, if any."""
+    topic = names.checkpoints(pipeline)
+    info = log.topics().get(topic)
+    if info is None or not info.offsets or info.offsets[0].end == 0:
+        return None
+    end = info.offsets[0].end
+    start = max(info.offsets[0].log_start, end - 1)
+    recs = log.read(topic, 0, start, 1)
+    if not recs or recs[-1].value is None:
+        return None
+    try:
+        return msgspec.json.decode(recs[-1].value, type=CheckpointMeta)
+    except msgspec.DecodeError as exc:
+        raise StateError(
+            f"the last checkpoint record of pipeline '{pipeline}' cannot be read ({exc}); it was "
+            f"written by an incompatible eventspine version. Start fresh with "
+            f"`eventspine state reset {pipeline}`"
+        ) from exc
+
+
+def _signature(plan: Plan) -> dict[str, str]:
+    sig: dict[str, str] = {}
+    for name, step in plan.pipeline.steps.items():
+        if step.stateful:
+            sig[name] = step.signature
+    for src in plan.sources:
+        assert isinstance(src.step, SourceStep)
+    return sig

@@ -1,0 +1,1 @@
+"""Serialization: codecs for records on the wire and for operator state."""
