@@ -20,6 +20,7 @@ from eventspine._version import __version__
 from eventspine.connectors.files import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource
 from eventspine.connectors.memory import CollectSink, MemorySource
 from eventspine.connectors.stdout import StdoutSink
+from eventspine.connectors.topics import Topic, topic
 from eventspine.dataflow.aggregations import (
     Agg,
     Aggregator,
@@ -148,6 +149,8 @@ __all__ = [
     "CsvSink",
     "StdoutSink",
     "CollectSink",
+    "topic",
+    "Topic",
     # clocks
     "ManualClock",
     "SystemClock",

@@ -67,6 +67,8 @@ EXPECTED = {
     "CsvSink",
     "StdoutSink",
     "CollectSink",
+    "topic",
+    "Topic",
 }
 
 
@@ -94,6 +96,7 @@ def test_no_accidental_public_names() -> None:
         "cli",
         "settings",
         "failpoints",
+        "serde",
     }
     assert public - set(es.__all__) - submodules == set()
 

@@ -5,6 +5,8 @@ Commands::
     eventspine run TARGET [--metrics-port N] [--state-dir D] [--max-seconds S]
                           [--progress | --no-progress] [--quiet] [--debug]
     eventspine demo [--events N] [--out DIR] [...the run options]
+    eventspine topics create|list|describe ..., produce, tail, state show|reset ...,
+    eventspine dead-letters list|replay ...   (the durable log: docs/cli.md)
     eventspine --version
 
 ``TARGET`` is ``path/to/file.py:attr`` or ``package.module:attr``; ``attr`` is
@@ -42,6 +44,8 @@ from eventspine._version import __version__
 from eventspine.errors import ConfigError, DefinitionError, EventspineError
 from eventspine.settings import Settings
 
+from . import state as state_cli
+from . import topics as topics_cli
 from .run import EXIT_FAILED, EXIT_USAGE, ForcedStop, RunRequest, Signals, execute
 from .target import load_pipeline
 
@@ -75,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=1_000_000, help="ticks to generate (1,000,000)")
     demo.add_argument("--out", default="./demo-out", help="output directory (./demo-out)")
     _run_options(demo)
+    topics_cli.register(sub)
+    state_cli.register(sub)
     return p
 
 
@@ -144,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
+    if getattr(args, "verb", None) is not None:  # the log verbs: cli/topics.py, cli/state.py
+        return int(args.verb(args))
     settings = Settings.load(
         {
             "metrics_port": args.metrics_port,

@@ -18,9 +18,9 @@ from datetime import timedelta
 from types import FrameType
 from typing import TextIO
 
+from eventspine import failpoints
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.errors import ConfigError
-from eventspine import failpoints
 from eventspine.runtime.checkpoint import CheckpointPolicy
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
 from eventspine.settings import Settings

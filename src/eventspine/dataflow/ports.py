@@ -215,7 +215,7 @@ class ProcessContext(Protocol):
         ts_ms: the event time of the current record, or the time of the firing timer.
         watermark_ms: the current watermark of the step.
         state: this key's state (a dict you may read and write; values must be
-            msgpack-serializable to survive restarts).
+            picklable to survive restarts).
     """
 
     key: Any

@@ -13,6 +13,8 @@ URLs (see ``docs/log.md``):
     is ``log.db`` inside it (``sqlite://.eventspine`` is the default
     location ``./.eventspine/log.db``). Query options: ``synchronous=NORMAL``
     (default) or ``FULL``, ``busy_timeout_ms=5000``.
+``kafka://host:port[,host:port]?option=value``
+    a :class:`~eventspine.log.kafka.KafkaLog` (options in ``docs/kafka.md``).
 """
 
 from __future__ import annotations
@@ -92,5 +94,7 @@ def open_log(url: str) -> Log:
             busy_timeout=timedelta(milliseconds=timeout_ms),
         )
     if parts.scheme == "kafka":
-        raise ConfigError(f"log URL {url!r}: the Kafka log backend is not available yet")
+        from eventspine.log.kafka import open_kafka_log  # imports confluent_kafka: only here
+
+        return open_kafka_log(url)
     raise ConfigError(f"log URL {url!r} has an unknown scheme; use {_SCHEMES}")

@@ -1,4 +1,4 @@
-"""Argument checks shared by the log backends, so both refuse alike with the same words."""
+"""Checks and messages shared by every log backend, so all refuse alike, in the same words."""
 
 from __future__ import annotations
 

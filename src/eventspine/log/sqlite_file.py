@@ -20,6 +20,11 @@ Three connections: the writer (``BEGIN IMMEDIATE`` ... ``COMMIT``), the
 reader (``query_only``; each read is one snapshot, so readers never see a
 write that is not committed) and the checkpointer, used by a daemon thread
 that copies the WAL into the database file off the appending thread.
+
+Failpoints (fault tests, see :mod:`eventspine.failpoints`): ``log.sqlite.begin``,
+``log.sqlite.insert_batch``, ``log.sqlite.before_commit``, ``log.sqlite.after_commit``;
+their ``raise`` action raises ``sqlite3.OperationalError("disk I/O error ...")`` as a
+failing disk would, so the log's own error handling (rollback, reopen) is exercised.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+from eventspine import failpoints
 from eventspine.errors import ConfigError, LogError, StorageCorruptError
 from eventspine.log.base import TopicSpec
 
@@ -92,15 +98,17 @@ class SqliteLogFile:
             raise ConfigError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self._synchronous = synchronous
         _check_header(path)
-        self._writer = self._connect()
+        opened: list[sqlite3.Connection] = []
         try:
+            self._writer = self._connect(opened)
             self._prepare()
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")
-            self._reader = self._connect()
+            self._reader = self._connect(opened)
             self._reader.execute("PRAGMA query_only = ON")
-            self._checkpointer = self._connect()
+            self._checkpointer = self._connect(opened)
         except BaseException:
-            self._writer.close()
+            for conn in reversed(opened):
+                conn.close()
             raise
         self._unchecked_bytes = 0
         self._checkpoint_wanted = threading.Event()
@@ -110,10 +118,11 @@ class SqliteLogFile:
         )
         self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, opened: list[sqlite3.Connection]) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
+        opened.append(conn)
         # 8 MiB: holds a few batches; a larger cache measured slower while it fills (page faults)
         conn.execute("PRAGMA cache_size = -8192")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -177,11 +186,14 @@ class SqliteLogFile:
 
     def begin(self) -> None:
         """Start the write transaction (waits up to the busy timeout for the lock)."""
+        _io_failpoint("log.sqlite.begin")
         self._writer.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
         """Commit the write transaction: when this returns, the writes are durable."""
+        _io_failpoint("log.sqlite.before_commit")
         self._writer.execute("COMMIT")
+        _io_failpoint("log.sqlite.after_commit")
         if self._unchecked_bytes > _CHECKPOINT_BYTES:
             self._unchecked_bytes = 0
             self._checkpoint_wanted.set()
@@ -261,6 +273,7 @@ class SqliteLogFile:
     ) -> None:
         """Insert one batch (``row`` = last, base, count, max_ts, size)."""
         last, base, count, max_ts, size = row
+        _io_failpoint("log.sqlite.insert_batch")
         self._unchecked_bytes += len(payload)
         self._writer.execute(
             "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -386,6 +399,14 @@ class SqliteLogFile:
         self._checkpointer.close()
         self._reader.close()
         self._writer.close()
+
+
+def _io_failpoint(name: str) -> None:
+    """Failpoint ``name`` (fault tests); its ``raise`` action becomes an SQLite I/O error."""
+    try:
+        failpoints.hit(name)
+    except failpoints.FailpointError as exc:
+        raise sqlite3.OperationalError(f"disk I/O error ({exc})") from exc
 
 
 def _check_header(path: Path) -> None:

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["CheckpointMeta", "CheckpointPolicy", "Checkpointer", "names"]
 
 _META_FORMAT = 1
+#: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
+RETENTION_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,23 @@ class Checkpointer:
         self.restored_from: int | None = None
         self._interval_s = to_duration_ms(policy.interval) / 1000
         self._last = clock.monotonic()
+        self._last_retention = self._last
         self._records_since = 0
         self._records_total = 0
         self._dead_sent = 0
         self.stateful: list[Operator] = [op for op in plan.operators if op.stateful]
+        steps = plan.pipeline.steps
+        lost = [
+            op.name
+            for op in plan.operators
+            if not op.stateful and op.name in steps and steps[op.name].stateful
+        ]
+        if lost:
+            raise StateError(
+                f"step(s) {', '.join(lost)} of pipeline '{self.pipeline}' keep state that this "
+                f"version cannot checkpoint yet, so a restart would lose it; run without a "
+                f"durable log (log=None / --log-url memory://) or change the step"
+            )
         self.signature = _signature(plan)
         self.durations_s: list[float] = []
 
@@ -286,6 +301,10 @@ class Checkpointer:
                 publish(ckpt)
         failpoints.hit("ckpt.after_publish")
         self.checkpoint_id = ckpt
+        if self.clock.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+            # Retention and compaction keep changelogs and topics bounded; cheap when idle.
+            self.log.enforce_retention()
+            self._last_retention = self.clock.monotonic()
         self._last = self.clock.monotonic()
         self._records_since = 0
         self.durations_s.append(self._last - t0)
@@ -331,8 +350,10 @@ class Checkpointer:
             by_topic.setdefault(e.topic, []).append(
                 LogRecord(e.step.encode(), dead_letter_value(e, ckpt), self.clock.now_ms())
             )
+        existing = self.log.topics()
         for topic, records in by_topic.items():
-            self.log.create_topic(TopicSpec(topic))
+            if topic not in existing:
+                self.log.create_topic(TopicSpec(topic))
             txn.append(topic, 0, records)
         self._dead_sent = len(entries)
 

@@ -145,8 +145,9 @@ class Executor:
             try:
                 if ckpt is not None:
                     resumed = ckpt.recover()
+                    restored = ckpt.restored_watermarks()
                     for op in self.plan.operators:
-                        if op.name in ckpt.restored_watermarks():
+                        if op.name in restored:
                             self._op_wm[id(op)] = op.watermark_ms
                 stopped = self._loop()
                 if ckpt is not None:

@@ -188,7 +188,9 @@ def test_a_file_that_lost_committed_bytes_is_reported_as_corrupt(tmp_path: Path)
     with pytest.raises(StorageCorruptError) as err:
         w.recover({"committed_len": 20, "staged": 8})  # needs >= 12 bytes and a staging file
     msg = str(err.value)
-    assert str(path) in msg and "20 bytes" in msg and "5 bytes" in msg
+    assert str(path) in msg
+    assert "20 bytes" in msg
+    assert "5 bytes" in msg
     assert "eventspine state reset" in msg
 
 
@@ -219,4 +221,5 @@ def test_direct_mode_is_unchanged_and_refuses_two_phase_calls(tmp_path: Path) ->
 
 
 def test_sinks_are_still_importable_from_files() -> None:
-    assert ReexportedCsvSink is CsvSink and ReexportedJsonLinesSink is JsonLinesSink
+    assert ReexportedCsvSink is CsvSink
+    assert ReexportedJsonLinesSink is JsonLinesSink

@@ -44,7 +44,7 @@ def test_sqlite_relative_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("sqlite:///tmp/x.db?synchronous=OFF", "unknown option synchronous"),
         ("sqlite:///tmp/x.db?cache=1", "unknown option cache"),
         ("memory://a/b", "memory://name"),
-        ("kafka://localhost:9092", "not available yet"),
+        ("kafka://localhost:9092?nope=1", "unknown option .nope."),
         ("postgres://db", "unknown scheme"),
         ("/plain/path", "unknown scheme"),
     ],

@@ -237,12 +237,7 @@ def test_mixed_key_types_after_state_is_open_fail_clearly() -> None:
     op = _columnar(_step(es.Tumbling(timedelta(milliseconds=10)), {"n": es.count()}))
     op.on_batch(_batch([("a", 2, 1, "x")], False), 0)
     with pytest.raises(StepError, match="keys of type"):
-        op.on_batch(
-            Batch([{"v": 1}], [3], keys=[1]).with_rows(
-                [{"v": 1}, {"v": 2}], [3, 4], [1, "a"], None
-            ),
-            0,
-        )
+        op.on_batch(Batch([{"v": 1}, {"v": 2}], [3, 4], keys=[1, "a"]), 0)
 
 
 def test_int_keys_from_frames() -> None:
@@ -272,3 +267,30 @@ def test_make_window_picks_the_columnar_operator() -> None:
     boundary = ErrorBoundary("w", es.Fail(), DeadLetters(), m)
     step = _step(es.Tumbling(timedelta(seconds=1)))
     assert isinstance(make_window(step, m, boundary, ManualClock()), ColumnarWindow)
+
+
+def test_pipeline_runs_the_columnar_window_end_to_end() -> None:
+    p = es.Pipeline("p")
+    src = p.source("s", es.MemorySource([]), timestamps=es.EventTime("ts"))
+    agg = (
+        src.key_by("k", "key")
+        .window(es.Hopping(timedelta(seconds=2), timedelta(seconds=1)))
+        .aggregate("w", n=es.count(), total=es.sum("v"))
+    )
+    agg.sink("out", es.CollectSink())
+    agg.side_output("late").sink("late", es.CollectSink())
+    events = [
+        {"key": "a", "ts": 500, "v": 1.0},
+        {"key": "a", "ts": 1500, "v": 2.0},
+        {"key": "b", "ts": 5000, "v": 3.0},
+        {"key": "a", "ts": 100, "v": 9.0},  # the watermark is 5000 by now: late
+    ]
+    out = es.testing.run(p, inputs={"s": events}, batch_size=1)
+    assert [(r["key"], r["window_start_ms"], r["n"], r["total"]) for r in out["out"]] == [
+        ("a", -1000, 1, 1.0),
+        ("a", 0, 2, 3.0),
+        ("a", 1000, 1, 2.0),
+        ("b", 4000, 1, 3.0),
+        ("b", 5000, 1, 3.0),
+    ]
+    assert out["late"] == [{"key": "a", "ts": 100, "v": 9.0}]

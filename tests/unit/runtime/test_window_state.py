@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import datasketches
 import pytest
 
 import eventspine as es
@@ -28,6 +29,11 @@ from eventspine.records import Batch
 from eventspine.runtime.metrics import StepMetrics
 from eventspine.runtime.operator import DeadLetters, ErrorBoundary, Operator
 from eventspine.runtime.windows import make_record_window
+from eventspine.runtime.windows.count import CountWindows
+from eventspine.runtime.windows.decaying import DecayingAggregate
+from eventspine.runtime.windows.fixed import FixedWindows
+from eventspine.runtime.windows.session import SessionWindows
+from eventspine.runtime.windows.sliding import SlidingWindows
 from eventspine.serde.state import decode_state, encode_state
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, ManualClock
 
@@ -90,13 +96,15 @@ def decay_aggs() -> dict[str, Any]:
 class Harness:
     """Drives operators like the executor, with checkpoints and restarts."""
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, *, check: bool = True) -> None:
         self.case = case
+        self.check = check
         self.out: list[Any] = []
         self.late: list[Any] = []
         self.log: dict[bytes, bytes] = {}  # the compacted changelog
         self.op = self._fresh()
         self.restored_entries = 0
+        self.states: list[dict[Any, Any]] = []  # the live state at each checkpoint (check=True)
 
     def _fresh(self) -> Operator:
         step = self.case.step()
@@ -114,6 +122,16 @@ class Harness:
                 self.log.pop(k, None)
             else:
                 self.log[k] = encode_state(value, step="w")
+        if not self.check:
+            return
+        # The compacted changelog holds exactly the live state: nothing stale, nothing missing.
+        logged = {
+            decode_state(k, step="w"): canonical(decode_state(v, step="w"))
+            for k, v in self.log.items()
+        }
+        live = live_state(self.op)
+        assert logged == live
+        self.states.append(live)
 
     def restart(self) -> None:
         old = self.op
@@ -122,6 +140,7 @@ class Harness:
         self.restored_entries += len(entries)
         self.op.restore(entries)
         assert self.op.watermark_ms == old.watermark_ms
+        assert self.op.metrics.state_keys == old.metrics.state_keys
         self.op.watermark_ms = old.watermark_ms
         assert self.op.snapshot_changes() == []  # restore reports nothing as changed
 
@@ -136,6 +155,41 @@ class Harness:
         self.op.watermark_ms = MAX_TS_MS
         self.op.on_watermark(MAX_TS_MS)
         self.op.on_end()
+
+
+def live_state(op: Any) -> dict[Any, Any]:
+    """Every entry of ``op``'s state as ``snapshot_changes`` reports it (read from its fields)."""
+    if isinstance(op, FixedWindows):
+        ids: Collection[Any] = op.state
+    elif isinstance(op, SessionWindows):
+        ids = op.sessions
+    elif isinstance(op, SlidingWindows):
+        ids = op.buffers
+    elif isinstance(op, CountWindows):
+        ids = op.windows
+    else:
+        assert isinstance(op, DecayingAggregate)
+        ids = op.state.keys() | op.pending.keys()
+    wrap = (lambda d: d) if isinstance(op, FixedWindows) else (lambda d: ("key", d))
+    out = {wrap(d): op._entry(d) for d in ids}
+    out[("__meta__",)] = op._meta()
+    return {k: canonical(decode_state(encode_state(v, step="w"), step="w")) for k, v in out.items()}
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with KLL sketch bytes replaced by their items.
+
+    ``result()`` sorts a KLL sketch's buffer in place, which changes its bytes
+    but not its content, so bytes are compared by content.
+    """
+    if isinstance(value, bytes):
+        try:
+            return ("kll", sorted(datasketches.kll_doubles_sketch.deserialize(value)))
+        except Exception:
+            return value  # an HLL sketch: its bytes are canonical
+    if isinstance(value, list | tuple):
+        return type(value)(canonical(v) for v in value)
+    return value
 
 
 def batches_of(records: list[dict[str, Any]], sizes: list[int]) -> list[tuple[Batch, int]]:
@@ -154,34 +208,47 @@ def batches_of(records: list[dict[str, Any]], sizes: list[int]) -> list[tuple[Ba
 
 
 def run(
-    case: Case, batches: list[tuple[Batch, int]], restarts: Collection[int] = ()
+    case: Case,
+    batches: list[tuple[Batch, int]],
+    restarts: Collection[int] = (),
+    *,
+    check: bool = True,
 ) -> tuple[Harness, list[Any], list[Any]]:
-    """Checkpoint after every batch; restart after batch ``i`` for every ``i`` in ``restarts``."""
-    h = Harness(case)
+    """Checkpoint after every batch; restart after batch ``i`` for every ``i`` in ``restarts``.
+
+    With ``check``, every checkpoint also asserts that the changelog equals the live state.
+    """
+    h = Harness(case, check=check)
     for i, (batch, wm) in enumerate(batches):
         h.feed(batch, wm)
         h.checkpoint()
         if i in restarts:
             h.restart()
     h.finish()
+    h.checkpoint()  # the final checkpoint: whatever is left is in the changelog
     return h, h.out, h.late
 
 
-def stream(seed: int, n: int = 160) -> tuple[list[dict[str, Any]], list[int]]:
-    """Keys a-c, bursts and gaps, ties on event time, out-of-order and late records."""
+def stream(seed: int, n: int = 120) -> tuple[list[dict[str, Any]], list[int]]:
+    """Keys a-c, bursts and gaps, ties on event time, out-of-order and late records.
+
+    Key ``z`` has one record, at the start, so its state expires mid-stream; key
+    ``y`` has none in the last quarter.
+    """
     rng = random.Random(seed)
-    recs: list[dict[str, Any]] = []
+    recs: list[dict[str, Any]] = [{"k": "z", "ts": 0, "v": 1}]
     t = 0
-    for _ in range(n):
+    for i in range(n):
         t += rng.choice([0, 1, 3, 7, 15, 45])
         ts = t - rng.choice([0, 0, 0, 5, 30, 90, 200])  # some out of order, some late
-        recs.append({"k": rng.choice("abc"), "ts": max(ts, 0), "v": rng.randint(0, 9)})
+        keys = "abcy" if i < n * 3 // 4 else "abc"  # y goes quiet for the last quarter
+        recs.append({"k": rng.choice(keys), "ts": max(ts, 0), "v": rng.randint(0, 9)})
     sizes = [rng.randint(1, 14) for _ in range(n)]
     return recs, sizes
 
 
 FIXED = [es.Tumbling(100 * MS), es.Hopping(size=100 * MS, hop=40 * MS)]
-EMITS = [es.OnClose(), es.OnChange(), es.EveryN(3), es.EveryInterval(50 * MS)]
+EMITS = [es.OnClose(), es.OnChange(), es.EveryN(3), es.EveryInterval(10 * MS)]
 CASES = [
     *(Case(k, e, late, general_aggs) for k in FIXED for e in EMITS for late in (0, 60)),
     *(Case(es.Session(30 * MS), e, late, general_aggs) for e in EMITS for late in (0, 60)),
@@ -189,7 +256,7 @@ CASES = [
     *(Case(es.Count(4), e, 0, general_aggs) for e in EMITS),
     *(
         Case(es.Decaying(decay), e, late, decay_aggs)
-        for decay in (es.ExponentialDecay(half_life=50 * MS), es.LinearDecay(horizon=100 * MS))
+        for decay in (es.ExponentialDecay(half_life=10 * MS), es.LinearDecay(horizon=100 * MS))
         for e in (es.OnClose(), es.EveryInterval(50 * MS))
         for late in (0, 60)
     ),
@@ -204,14 +271,16 @@ def case_id(c: Case) -> str:
 def test_restart_at_every_batch_boundary_gives_the_uninterrupted_output(case: Case) -> None:
     recs, sizes = stream(seed=7)
     batches = batches_of(recs, sizes)
-    _h, want, want_late = run(case, batches)
+    straight, want, want_late = run(case, batches)
     assert want, "the stream produces results"
-    # One restart at each boundary, then a restart at every boundary.
+    # One restart at each boundary, then a restart at every boundary (checking the changelog).
     restarted = 0
     for cut in [*([i] for i in range(len(batches))), range(len(batches))]:
-        h, got, got_late = run(case, batches, restarts=cut)
+        h, got, got_late = run(case, batches, restarts=cut, check=len(cut) > 1)
         assert got == want, f"restart after batch(es) {cut}"
         assert got_late == want_late, f"restart after batch(es) {cut}"
+        if h.check:  # restarted everywhere: the state itself is the uninterrupted one
+            assert h.states == straight.states
         restarted += h.restored_entries
     assert restarted > 0, "some restart had state to restore"
 
@@ -291,3 +360,23 @@ def test_first_last_tie_break_counter_survives_a_restart() -> None:
     ]
     for cut in range(3):
         assert run(case, batches, restarts=[cut])[1] == want
+
+
+def test_an_interval_update_clears_the_changed_flag_in_the_snapshot() -> None:
+    """EveryInterval: a session/window updated by a tick is reported unchanged afterwards."""
+    for kind in (es.Session(300 * MS), es.Tumbling(1000 * MS), es.Count(10)):
+        case = Case(kind, es.EveryInterval(100 * MS), 0, lambda: {"n": es.count()})
+        h = Harness(case)
+        h.feed(Batch([], [], keys=[]), 110)  # the tick at 100 passes
+        h.feed(Batch([{"k": "a", "ts": 150}], [150], keys=["a"]), 120)
+        h.checkpoint()
+        (saved,) = [v for k, v in h.log.items() if decode_state(k, step="w") != ("__meta__",)]
+        value = decode_state(saved, step="w")
+        flag = value[0][-1] if isinstance(kind, es.Session) else value[-1]
+        assert flag is True, kind  # the update waits for the next tick
+        h.feed(Batch([], [], keys=[]), 210)  # the tick at 200 emits the update
+        assert [row["n"] for _ts, row in h.out] == [1], kind
+        h.checkpoint()  # asserts the changelog matches: changed is now False
+        h.restart()
+        h.feed(Batch([], [], keys=[]), 310)  # no change since: no update after the restart
+        assert [row["n"] for _ts, row in h.out] == [1], kind

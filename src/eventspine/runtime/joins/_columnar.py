@@ -20,10 +20,18 @@ Order: per flush, the pairs of new left rows, then those of new right rows; each
 the new rows' order, then the buffer's arrival order (``maintain_order="left_right"``).
 So the output is deterministic for a given arrival of batches (it is not the
 record path's order; both give the same pairs).
+
+Checkpoints: ``changed[side]`` tells whether a side's chunks or queue changed
+since the last :meth:`snapshot_side`, which returns the whole side (its chunks
+with their newest time, and its queue) as Arrow IPC bytes; :meth:`load_side`
+reads it back. A whole side per checkpoint is cheap while the buffers stay
+small (they hold only the join window); chunk boundaries are kept so eviction
+after a restore is the same as without one.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +71,8 @@ class ColumnarBuffers:
         self.keep = (upper, -lower)
         self.state_keys = 0
         self._counted = 0.0
+        #: Per side: whether its chunks or queue changed since the last snapshot.
+        self.changed = [False, False]
 
     @property
     def buffered(self) -> int:
@@ -83,6 +93,7 @@ class ColumnarBuffers:
         if frame.n_chunks() > _MAX_CHUNKS:
             frame = frame.rechunk()
             self.chunks[side] = [(frame, max(m for _, m in chunks))]
+            self.changed[side] = True
         return frame
 
     def push(
@@ -119,6 +130,7 @@ class ColumnarBuffers:
                 new = new.filter(on_time)
         if new.height:
             self.pending[port].append(new)
+            self.changed[port] = True
         return late if late is not None and late.height else None
 
     def _sample(self, side: int) -> pl.DataFrame | None:
@@ -147,6 +159,7 @@ class ColumnarBuffers:
                 continue
             parts = self.pending[port]
             self.pending[port] = []
+            self.changed[port] = True
             new = parts[0] if len(parts) == 1 else pl.concat(parts)
             other = self._frame(1 - port)
             if other is not None:
@@ -207,7 +220,7 @@ class ColumnarBuffers:
             kept = [c for c in chunks if c[1] >= bound]
             if len(kept) != len(chunks):
                 self.chunks[side] = kept
-                evicted = True
+                self.changed[side] = evicted = True
         now = time.monotonic()
         if evicted and now - self._counted >= 1.0:
             # Counting keys costs a pass over the buffers: at most once a second.
@@ -224,6 +237,7 @@ class ColumnarBuffers:
         for side in (0, 1):
             buf = self._frame(side)
             self.chunks[side] = []
+            self.changed[side] = True
             if buf is None or not buf.height:
                 continue
             yield (
@@ -232,3 +246,24 @@ class ColumnarBuffers:
                 buf.get_column(TS_COL).to_list(),
                 buf.get_column(_SIDES[side]).to_list(),
             )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def snapshot_side(self, side: int) -> dict[str, Any]:
+        """Return side ``side`` (chunks, newest times, queue) as picklable IPC bytes."""
+        self.changed[side] = False
+        return {
+            "chunks": [(_ipc(frame), top) for frame, top in self.chunks[side]],
+            "pending": [_ipc(frame) for frame in self.pending[side]],
+        }
+
+    def load_side(self, side: int, value: dict[str, Any]) -> None:
+        """Restore side ``side`` from :meth:`snapshot_side` (on fresh buffers)."""
+        import polars as pl
+
+        self.chunks[side] = [(pl.read_ipc(io.BytesIO(b)), top) for b, top in value["chunks"]]
+        self.pending[side] = [pl.read_ipc(io.BytesIO(b)) for b in value["pending"]]
+        self.changed[side] = False
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    return frame.write_ipc(None).getvalue()

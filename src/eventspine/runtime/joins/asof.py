@@ -20,6 +20,12 @@ Semantics (input port 0 is the stream, 1 the table):
 
 Results are ``combine(stream_record, table_record)``, by default
 ``{key_field: key, "left": stream_record, "right": table_record}``.
+
+Checkpoints (``snapshot_changes``/``restore``): per changed key,
+``("table", key) -> [(ts, seq, record), ...]`` (its history) and
+``("pending", key) -> [(ts, seq, record), ...]`` (its stream records waiting
+for the watermark), ``None`` once empty; ``("__meta__",) -> {"seq": n}`` holds
+the arrival counter. The pending heap is rebuilt from the per-key lists.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AsofJoinOperator"]
 
+#: The state entry of the operator-wide values.
+META: tuple[str] = ("__meta__",)
+
 
 class AsofJoinOperator(Operator):
     """Joins a stream with a versioned table by key and event time (see the module docstring)."""
@@ -51,7 +60,12 @@ class AsofJoinOperator(Operator):
         self.tables: dict[Any, list[list[Any]]] = {}
         self.compactable: set[Any] = set()  # keys whose history has more than one entry
         self.pending: list[tuple[int, int, Any, Any]] = []  # heap of (ts, seq, key, record)
+        # The same pending records by key, each list sorted by (ts, seq) (for snapshots).
+        self.pending_by_key: dict[Any, list[tuple[int, int, Any]]] = {}
         self.seq = 0
+        self._dirty: set[tuple[str, Any]] = set()  # ("table" | "pending", key)
+        self._saved: set[tuple[str, Any]] = set()
+        self._meta_saved = 0
 
     def on_batch(self, batch: Batch, port: int) -> None:
         """Queue stream records (port 0) or add table versions (port 1)."""
@@ -72,7 +86,16 @@ class AsofJoinOperator(Operator):
             k = keys[i]
             if port == 0:
                 heapq.heappush(pending, (t, seq, k, rec))
+                mine = self.pending_by_key.get(k)
+                if mine is None:
+                    self.pending_by_key[k] = [(t, seq, rec)]
+                elif mine[-1][0] <= t:
+                    mine.append((t, seq, rec))
+                else:
+                    mine.insert(bisect_left(mine, (t, seq)), (t, seq, rec))
+                self._dirty.add(("pending", k))
                 continue
+            self._dirty.add(("table", k))
             entry = [t, seq, rec]
             hist = tables.get(k)
             if hist is None:
@@ -111,6 +134,7 @@ class AsofJoinOperator(Operator):
         out_keys: list[Any] = []
         while pending and pending[0][0] < wm_ms:
             t, _seq, k, rec = heapq.heappop(pending)
+            self._pop_pending(k)
             hist = self.tables.get(k)
             value = None
             if hist is not None:
@@ -144,7 +168,64 @@ class AsofJoinOperator(Operator):
             idx = bisect_left(hist, bound) - 1
             if idx > 0:
                 del hist[:idx]
+                self._dirty.add(("table", k))
             if len(hist) <= 1:
                 done.append(k)
         for k in done:
             self.compactable.discard(k)
+
+    def _pop_pending(self, key: Any) -> None:
+        """Forget the first pending record of ``key`` (the one the heap just gave)."""
+        mine = self.pending_by_key[key]
+        del mine[0]
+        if not mine:
+            del self.pending_by_key[key]
+        self._dirty.add(("pending", key))
+
+    # -- checkpoints ------------------------------------------------------------------
+    stateful = True
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the per-key entries changed since the last call, and the counter.
+
+        Values share the buffered records: the checkpoint encodes them at once.
+        """
+        out: list[tuple[Any, Any]] = []
+        saved = self._saved
+        for kind, key in self._dirty:
+            if kind == "table":
+                hist = self.tables.get(key)
+                value = None if not hist else [tuple(e) for e in hist]
+            else:
+                value = self.pending_by_key.get(key)
+                value = None if not value else list(value)
+            if value is not None:
+                saved.add((kind, key))
+                out.append(((kind, key), value))
+            elif (kind, key) in saved:
+                saved.discard((kind, key))
+                out.append(((kind, key), None))
+        self._dirty = set()
+        if self.seq != self._meta_saved:
+            self._meta_saved = self.seq
+            out.append((META, {"seq": self.seq}))
+        return out
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild histories, pending records and the counter (on a fresh operator)."""
+        for eid, value in entries:
+            if eid == META:
+                self.seq = self._meta_saved = value["seq"]
+                continue
+            kind, key = eid
+            if kind == "table":
+                self.tables[key] = [list(e) for e in value]
+                if len(value) > 1:
+                    self.compactable.add(key)
+            else:
+                self.pending_by_key[key] = [tuple(e) for e in value]
+                self.pending.extend((t, seq, key, rec) for t, seq, rec in value)
+            self._saved.add((kind, key))
+        heapq.heapify(self.pending)
+        self._dirty = set()
+        self.metrics.state_keys = len(self.tables)

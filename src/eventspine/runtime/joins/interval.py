@@ -30,6 +30,14 @@ batches with the key column and ``left``/``right`` struct columns (which read
 back as the same dicts the record path emits). If a row batch arrives, or
 frames cannot be combined (mismatched key types), the buffers move to the
 record path for the rest of the run.
+
+Checkpoints (``snapshot_changes``/``restore``): the record path reports, per
+changed ``(side, key)``, ``("buf", side, key) -> [(ts, seq, record, matched), ...]``
+(``None`` once the key's buffer is gone); the eviction heaps are rebuilt from
+the buffers on restore (each buffered record has exactly one heap entry). The
+vectorized path reports each changed side whole, ``("columnar", side) -> IPC
+bytes`` (see :mod:`._columnar`). ``("__meta__",) -> {"seq", "columnar"}``
+holds the arrival counter and which path is in use.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ if TYPE_CHECKING:
     from eventspine.runtime.metrics import StepMetrics
 
 __all__ = ["IntervalJoinOperator"]
+
+#: The state entry of the operator-wide values.
+META: tuple[str] = ("__meta__",)
 
 # A buffered record: [ts, seq, record, matched]. Lists compare by (ts, seq) because
 # seq is unique, so per-key lists can be kept sorted with bisect/insort.
@@ -79,6 +90,10 @@ class IntervalJoinOperator(Operator):
         )
         #: Tells the planner columnar input is welcome (used when the join reads a source).
         self.prefers_columnar = vectorizable
+        self._dirty: set[tuple[int, Any]] = set()  # (side, key) changed since the snapshot
+        self._saved: set[tuple[int, Any]] = set()  # (side, key) last reported not None
+        self._col_saved = False  # columnar entries were reported
+        self._meta_saved = self._meta()
 
     # -- input ------------------------------------------------------------------------
     def on_batch(self, batch: Batch, port: int) -> None:
@@ -119,6 +134,7 @@ class IntervalJoinOperator(Operator):
         return self.seq
 
     def _buffer(self, side: int, key: Any, entry: Entry) -> None:
+        self._dirty.add((side, key))
         lst = self.buffers[side].get(key)
         if lst is None:
             self.buffers[side][key] = [entry]
@@ -157,6 +173,7 @@ class IntervalJoinOperator(Operator):
                 stop = bisect_left(partners, [t + hi + 1])
                 if start < stop:
                     entry[3] = True
+                    self._dirty.add((1 - port, k))  # partners' matched flags
                     for p in partners[start:stop]:
                         p[3] = True
                         left, right = (rec, p[2]) if port == 0 else (p[2], rec)
@@ -217,6 +234,7 @@ class IntervalJoinOperator(Operator):
                 lst = buf.get(k)
                 if lst is None:
                     continue
+                self._dirty.add((side, k))
                 cut = bisect_left(lst, bound)
                 if emit:
                     unmatched.extend((e[0], side, e[1], k, e[2]) for e in lst[:cut] if not e[3])
@@ -263,3 +281,63 @@ class IntervalJoinOperator(Operator):
         if self.columnar is not None:
             return self.columnar.buffered
         return sum(len(v) for side in self.buffers for v in side.values())
+
+    # -- checkpoints ------------------------------------------------------------------
+    stateful = True
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the entries changed since the last call (see the module docstring).
+
+        Values share the buffered records: the checkpoint encodes them at once.
+        """
+        out: list[tuple[Any, Any]] = []
+        col = self.columnar
+        if col is not None:
+            for side in (0, 1):
+                if col.changed[side]:
+                    out.append((("columnar", side), col.snapshot_side(side)))
+                    self._col_saved = True
+        elif self._col_saved:
+            out.extend((("columnar", side), None) for side in (0, 1))
+            self._col_saved = False
+        saved = self._saved
+        for side, key in self._dirty:
+            lst = self.buffers[side].get(key)
+            if lst:
+                saved.add((side, key))
+                out.append((("buf", side, key), [tuple(e) for e in lst]))
+            elif (side, key) in saved:
+                saved.discard((side, key))
+                out.append((("buf", side, key), None))
+        self._dirty = set()
+        meta = self._meta()
+        if meta != self._meta_saved:
+            self._meta_saved = meta
+            out.append((META, meta))
+        return out
+
+    def _meta(self) -> dict[str, Any]:
+        return {"seq": self.seq, "columnar": self.columnar is not None}
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild buffers, heaps, the vectorized path's frames and the counter (fresh operator)."""
+        for eid, value in entries:
+            if eid == META:
+                self.seq = value["seq"]
+                if not value["columnar"]:
+                    self.columnar = None
+            elif eid[0] == "columnar":
+                if self.columnar is not None:
+                    self.columnar.load_side(eid[1], value)
+                    self._col_saved = True
+            else:
+                _, side, key = eid
+                lst = [list(e) for e in value]
+                self.buffers[side][key] = lst
+                self.heaps[side].extend((e[0] + self.keep[side], e[1], key) for e in lst)
+                self._saved.add((side, key))
+        for heap in self.heaps:
+            heapq.heapify(heap)
+        self._dirty = set()
+        self._meta_saved = self._meta()
+        self.metrics.state_keys = len(self.buffers[0]) + len(self.buffers[1])

@@ -164,7 +164,7 @@ class WindowOperator(Operator):
         for eid, value in entries:
             if eid == META:
                 self.watermark_ms = value["wm"]
-                pass
+                self._seq = value["seq"]
                 self._tick = value["tick"]
                 self.aggs.set_seqs(value["agg_seqs"])
             else:

@@ -225,7 +225,7 @@ class SessionWindows(WindowOperator):
             lst: list[list[Any]] = []
             for start, last, accs, count, changed in saved:
                 end = last + gap
-                fired = end <= wm
+                fired = False
                 s = [start, last, self.aggs.decode(accs), True, fired, count, changed]
                 lst.append(s)
                 seq -= 1

@@ -1,0 +1,167 @@
+"""Reading partitions with a small pool of ``read_committed`` consumers.
+
+One consumer per ``(topic, partition)``, assigned (never subscribed), kept
+in a least-recently-used pool. A consumer remembers the offset its queue
+delivers next, so a reader that continues where its last read stopped
+(the common case) takes records librdkafka already prefetched, and any
+other offset re-assigns the partition there.
+
+**Where a read stops.** ``end`` is the last stable offset (LSO): what a
+``read_committed`` consumer can reach. Transaction markers and aborted
+records occupy offsets but are never delivered, so a read never waits for
+"the record at ``end - 1``": it stops at ``max_records``, at a record at
+``end - 1`` or later, or at librdkafka's end-of-partition event for an
+offset ``>= end`` (the fetch position reached the LSO, past any markers and
+aborted records). The consumer's ``position()`` is not used: right after a
+re-assignment it can still report the previous position.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from eventspine.errors import LogError
+from eventspine.log._checks import check_in_range
+from eventspine.log.base import StoredRecord
+from eventspine.log.kafka._config import KafkaSettings
+from eventspine.log.kafka._records import stored_record
+
+__all__ = ["ReaderPool"]
+
+#: How long one wait for the next fetched message lasts before the position is checked again.
+_WAIT_S = 0.05
+
+
+class _Reader:
+    __slots__ = ("consumer", "lock", "next_offset", "tp")
+
+    def __init__(self, consumer: Consumer, topic: str, partition: int) -> None:
+        self.consumer = consumer
+        self.tp = TopicPartition(topic, partition)
+        self.next_offset = -1  # not assigned yet
+        self.lock = threading.Lock()
+
+
+class ReaderPool:
+    """The consumers behind ``KafkaLog.read`` and the offsets of single partitions."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._group = f"eventspine-reader-{uuid.uuid4().hex[:12]}"
+        self._readers: OrderedDict[tuple[str, int], _Reader] = OrderedDict()
+        self._lock = threading.Lock()
+        # Offsets come from a consumer that never fetches: a reader's connection may be
+        # busy with a long-poll fetch, which a ListOffsets request would queue behind.
+        self._offsets_client: Consumer | None = None
+
+    def _reader(self, topic: str, partition: int) -> _Reader:
+        key = (topic, partition)
+        evicted: list[_Reader] = []
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                consumer = Consumer(self._settings.consumer(self._group))
+                reader = self._readers[key] = _Reader(consumer, topic, partition)
+                while len(self._readers) > self._settings.max_readers:
+                    evicted.append(self._readers.popitem(last=False)[1])
+            self._readers.move_to_end(key)
+        for old in evicted:
+            with old.lock:
+                old.consumer.close()
+        return reader
+
+    def offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        """Return ``(log_start, end)`` of a partition, ``end`` being the LSO.
+
+        Raises:
+            LogError: the broker did not answer within the request timeout.
+        """
+        with self._lock:
+            if self._offsets_client is None:
+                self._offsets_client = Consumer(self._settings.consumer(self._group))
+            client = self._offsets_client
+        try:
+            low, high = client.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self._settings.timeout_s, cached=False
+            )
+        except KafkaException as exc:
+            raise LogError(f"cannot get the offsets of {topic}[{partition}]: {exc}") from exc
+        return int(low), int(high)
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[StoredRecord]:
+        """Return up to ``max_records`` committed records from ``offset`` (see ``Log.read``).
+
+        Raises:
+            LogError: ``offset`` is below the log start or above the end, or the broker
+                failed or did not deliver within the request timeout.
+        """
+        reader = self._reader(topic, partition)
+        with reader.lock:
+            log_start, end = self.offsets(topic, partition)
+            check_in_range(topic, partition, offset, log_start, end)
+            if offset == end:
+                return []
+            consumer = reader.consumer
+            if reader.next_offset != offset:
+                consumer.assign([TopicPartition(topic, partition, offset)])
+                reader.next_offset = offset
+            out: list[StoredRecord] = []
+            deadline = time.monotonic() + self._settings.timeout_s
+            while len(out) < max_records:
+                messages = consumer.consume(max_records - len(out), 0)
+                if not messages:
+                    if time.monotonic() > deadline:
+                        reader.next_offset = -1
+                        raise LogError(
+                            f"reading {topic}[{partition}] from offset {offset}: no record "
+                            f"arrived within {self._settings.timeout_s:.0f} s although the "
+                            f"partition ends at {end}; check the broker"
+                        )
+                    message = consumer.poll(_WAIT_S)
+                    if message is None:
+                        continue
+                    messages = [message]
+                at_end = False
+                for message in messages:
+                    position = message.offset() or 0
+                    error = message.error()
+                    if error is None:
+                        if position >= reader.next_offset:  # older ones: before a re-assign
+                            out.append(stored_record(message))
+                            reader.next_offset = position + 1
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        if position >= end:
+                            at_end = True
+                            reader.next_offset = max(reader.next_offset, position)
+                    else:
+                        reader.next_offset = -1
+                        raise _read_error(topic, partition, offset, error)
+                if at_end or (out and out[-1].offset >= end - 1):
+                    break
+            return out
+
+    def close(self) -> None:
+        """Close every consumer."""
+        with self._lock:
+            readers = list(self._readers.values())
+            self._readers.clear()
+            client, self._offsets_client = self._offsets_client, None
+        for reader in readers:
+            with reader.lock:
+                reader.consumer.close()
+        if client is not None:
+            client.close()
+
+
+def _read_error(topic: str, partition: int, offset: int, error: KafkaError) -> LogError:
+    if error.code() == KafkaError.OFFSET_OUT_OF_RANGE:
+        return LogError(
+            f"offset {offset} of {topic}[{partition}] is no longer in the log: retention "
+            f"deleted it while it was being read ({error.str()}); read from the log start"
+        )
+    return LogError(f"reading {topic}[{partition}] from offset {offset} failed: {error.str()}")

@@ -1,0 +1,183 @@
+"""Topics on Kafka: a ``TopicSpec`` as topic configs and back, create and describe.
+
+A spec maps onto configs every broker understands:
+
+=========================  ==============================================
+``compacted``              ``cleanup.policy=compact`` (``compact,delete``
+                           with a retention), else ``delete``
+``retention``              ``retention.ms`` (``-1`` = keep forever)
+``retention_bytes``        ``retention.bytes`` (``-1`` = no limit)
+``tombstone_retention``    ``delete.retention.ms``
+=========================  ==============================================
+
+Every topic created here also gets ``message.timestamp.type=CreateTime``
+and ``message.timestamp.after.max.ms`` = 2^63-1: the record timestamp is the
+event time (``ts_ms``), and event times may lie in the future (Kafka 4
+refuses CreateTime more than 1 h ahead by default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
+
+from eventspine.errors import LogError
+from eventspine.log._checks import spec_difference
+from eventspine.log.base import TopicSpec
+from eventspine.log.kafka._config import KafkaSettings
+
+__all__ = ["create_topic", "describe_topics", "is_internal", "topic_configs"]
+
+_LONG_MAX = str((1 << 63) - 1)
+_DESCRIBED = ("cleanup.policy", "retention.ms", "retention.bytes", "delete.retention.ms")
+
+
+def is_internal(name: str) -> bool:
+    """Return whether ``name`` is a broker-internal topic (``__consumer_offsets``, ...)."""
+    return name.startswith("__")
+
+
+def topic_configs(spec: TopicSpec, extra: Mapping[str, str]) -> dict[str, str]:
+    """Return the topic configs of ``spec``; ``extra`` (``topic.*`` options) are added first."""
+    retained = spec.retention is not None or spec.retention_bytes is not None
+    policy = ("compact,delete" if retained else "compact") if spec.compacted else "delete"
+    return {
+        **extra,
+        "cleanup.policy": policy,
+        "retention.ms": str(-1 if spec.retention_ms is None else spec.retention_ms),
+        "retention.bytes": str(-1 if spec.retention_bytes is None else spec.retention_bytes),
+        "delete.retention.ms": str(spec.tombstone_retention_ms),
+        "message.timestamp.type": "CreateTime",
+        "message.timestamp.after.max.ms": _LONG_MAX,
+    }
+
+
+def spec_from_configs(name: str, partitions: int, configs: Mapping[str, str]) -> TopicSpec:
+    """Return the spec a topic's configs describe (time retention only with ``delete``)."""
+    policy = {p.strip() for p in configs.get("cleanup.policy", "delete").split(",")}
+    retention_ms = int(configs.get("retention.ms", "-1"))
+    retention_bytes = int(configs.get("retention.bytes", "-1"))
+    deleting = "delete" in policy
+    return TopicSpec(
+        name,
+        partitions=partitions,
+        compacted="compact" in policy,
+        retention=timedelta(milliseconds=retention_ms) if deleting and retention_ms >= 0 else None,
+        retention_bytes=retention_bytes if deleting and retention_bytes >= 0 else None,
+        tombstone_retention=timedelta(milliseconds=int(configs.get("delete.retention.ms", "0"))),
+    )
+
+
+def _partition_counts(
+    admin: AdminClient, names: Iterable[str] | None, timeout: float
+) -> dict[str, int]:
+    """Return partition counts of the existing topics among ``names`` (all if ``None``)."""
+    try:
+        if names is None:
+            metadata = admin.list_topics(timeout=timeout).topics
+        else:
+            metadata = {}
+            for name in names:
+                metadata.update(admin.list_topics(topic=name, timeout=timeout).topics)
+    except KafkaException as exc:
+        raise LogError(f"cannot list the topics of the Kafka cluster: {exc}") from exc
+    counts: dict[str, int] = {}
+    for name, meta in metadata.items():
+        if meta.error is None:
+            counts[name] = len(meta.partitions)
+        elif meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise LogError(f"cannot describe Kafka topic {name!r}: {meta.error.str()}")
+    return counts
+
+
+def describe_topics(
+    admin: AdminClient, names: Iterable[str] | None, timeout: float
+) -> dict[str, TopicSpec]:
+    """Return the specs of the existing topics among ``names`` (every topic if ``None``).
+
+    Internal topics are left out; missing topics are absent from the result.
+
+    Raises:
+        LogError: the cluster could not be asked.
+    """
+    counts = {
+        n: c for n, c in _partition_counts(admin, names, timeout).items() if not is_internal(n)
+    }
+    if not counts:
+        return {}
+    resources = [ConfigResource("topic", name) for name in counts]
+    specs: dict[str, TopicSpec] = {}
+    try:
+        futures = admin.describe_configs(resources, request_timeout=timeout)
+        for resource, future in futures.items():
+            entries = future.result(timeout=timeout)
+            configs = {k: entries[k].value for k in _DESCRIBED if k in entries}
+            specs[resource.name] = spec_from_configs(resource.name, counts[resource.name], configs)
+    except KafkaException as exc:
+        raise LogError(f"cannot read the configs of Kafka topics {sorted(counts)}: {exc}") from exc
+    return specs
+
+
+def create_topic(admin: AdminClient, spec: TopicSpec, settings: KafkaSettings) -> None:
+    """Create ``spec`` (or check that it exists alike) and wait until it is usable.
+
+    Raises:
+        LogError: the topic exists with other settings (naming them), or the broker
+            refused (for example a replication factor above the number of brokers).
+    """
+    timeout = settings.timeout_s
+    new = NewTopic(
+        spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=settings.replication_factor,
+        config=topic_configs(spec, settings.topic_config),
+    )
+    future = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)
+    try:
+        future[spec.name].result(timeout=timeout + 5)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if not isinstance(error, KafkaError) or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise LogError(
+                f"Kafka refused to create topic {spec.name!r} ({spec.partitions} partitions, "
+                f"replication factor {settings.replication_factor}): {exc}"
+            ) from exc
+        existing = describe_topics(admin, [spec.name], timeout).get(spec.name)
+        if existing is None:
+            raise LogError(f"Kafka topic {spec.name!r} exists but cannot be described") from exc
+        if difference := spec_difference(existing, spec):
+            raise LogError(difference) from None
+    _wait_usable(admin, spec, timeout)
+
+
+def _wait_usable(admin: AdminClient, spec: TopicSpec, timeout: float) -> None:
+    """Poll the metadata until every partition of a new topic has a leader."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            meta = admin.list_topics(topic=spec.name, timeout=timeout).topics.get(spec.name)
+        except KafkaException:
+            meta = None
+        if (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == spec.partitions
+            and all(p.leader >= 0 for p in meta.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise LogError(
+                f"Kafka topic {spec.name!r} was created but its partitions got no leader "
+                f"within {timeout:.0f} s; check the brokers"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
