@@ -19,17 +19,15 @@ def seed(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture(scope="session")
-def hits_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def hits_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``EVENTSPINE_FAILPOINTS_LOG`` file shared by every worker of the session."""
     path = tmp_path_factory.mktemp("failpoints") / "hits.txt"
     path.touch()
-    yield path
+    return path
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Append the seed to the report of a failed test (replay: RELIABILITY_SEED=<seed>)."""
     report = yield
     if report.failed:

@@ -108,7 +108,8 @@ def test_t10_poison_pills_with_kills(tmp_path: Path, seed: int) -> None:
     rep = case.verify()
     expected = case.workload.fate_counts()
     assert tally["lines"] == tally["output"] + tally["filtered"] + tally["dead"]
-    assert not problems and rep.ok, case.fail_message(
+    ok = not problems and rep.ok
+    assert ok, case.fail_message(
         f"T10: {len(problems)} accounting problems (expected {expected}, got {tally}):\n"
         + "\n".join(problems[:25]),
         rep,

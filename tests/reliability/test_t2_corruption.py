@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reliability.harness.logview import integrity_check
-from reliability.harness.mutations import MUTATIONS, Files, backup
+from reliability.harness.mutations import MUTATIONS, Files, backup, checkpoint_wal
 from reliability.harness.scenario import make_case
 
 _TABLE: dict[str, str] = {}
@@ -28,14 +28,22 @@ def test_t2_mutation(tmp_path: Path, seed: int, mutation: str) -> None:
     )
     sup = case.sup
     files = Files(sup.state_dir, sup.out_dir)
-    sup.start()
+    stop, mutate = MUTATIONS[mutation]
+    sup.start(stop[3:] if stop.startswith("fp:") else "")
     assert sup.wait_checkpoint(0) is not None, case.fail_message("no checkpoint")
     backup(files.db, files.old)
     case.history.note("backup", "log.db copied at the first checkpoint seen")
-    sup.wait_checkpoint(2)
-    time.sleep(case.rng.uniform(0.0, 0.3))
-    sup.kill()
-    what = MUTATIONS[mutation](files, case.rng)
+    if stop.startswith("fp:"):
+        ex = sup.wait(60)
+        assert ex.code == -9, case.fail_message(f"the failpoint did not crash the worker: {ex}")
+    else:
+        sup.wait_checkpoint(2)
+        if stop == "kill-after-wal-checkpoint":
+            how = checkpoint_wal(files.db)
+            case.history.note("wal-checkpoint", f"{how}; log.db {files.db.stat().st_size} bytes")
+        time.sleep(case.rng.uniform(0.0, 0.3))
+        sup.kill()
+    what = mutate(files, case.rng)
     case.history.note("mutate", f"{mutation}: {what}")
     if what is None:
         _TABLE[mutation] = "n/a (target file absent after the kill)"
@@ -48,7 +56,9 @@ def test_t2_mutation(tmp_path: Path, seed: int, mutation: str) -> None:
         return
     named = [str(p) for p in (files.db, files.output, files.staging) if str(p) in ex.stderr]
     first = next((ln for ln in ex.stderr.splitlines() if ln.startswith("error:")), ex.stderr[-300:])
-    assert named, case.fail_message(f"(b) {mutation}: refused without naming the file: {ex.stderr[-2000:]}")
+    assert named, case.fail_message(
+        f"(b) {mutation}: refused without naming the file: {ex.stderr[-2000:]}"
+    )
     assert ex.code in (1, 2), case.fail_message(f"{mutation}: exit {ex.code}: {ex.stderr[-2000:]}")
     _TABLE[mutation] = f"(b) refused, exit {ex.code}: {first[:240]} [{what}]"
     if files.db.exists() and "log.db" in first:

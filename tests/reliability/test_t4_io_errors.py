@@ -28,14 +28,21 @@ _PR = {
 def _fail_nth(tmp_path: Path, seed: int, hits_log: Path, point: str, n: int) -> bool:
     """Return False when the run completed without reaching the N-th hit."""
     case = make_case(
-        tmp_path / f"{point}-{n}", seed, keys=10, seqs=80, checkpoint_ms=50, hits_log=hits_log
+        tmp_path / f"{point}-{n}",
+        seed,
+        keys=10,
+        seqs=80,
+        checkpoint_ms=50,
+        hits_log=hits_log,
+        env={"ES_REL_SLOW_MS": "40"},  # about 6 checkpoints: several commits to fail
     )
     ex = case.sup.run(f"{point}=raise@{n}", timeout_s=60)
     if ex.code == 0:
         case.history.note("not-reached", f"{point}@{n}: the run ended first")
         return False
     assert ex.code == 1, case.fail_message(f"{point}@{n}: exit {ex.code}: {ex.stderr[-2000:]}")
-    assert "disk I/O error" in ex.stderr and str(case.sup.db) in ex.stderr, case.fail_message(
+    clear = "disk I/O error" in ex.stderr and str(case.sup.db) in ex.stderr
+    assert clear, case.fail_message(
         f"{point}@{n}: the error does not say what failed where: {ex.stderr[-2000:]}"
     )
     ex = case.sup.run(timeout_s=60)
@@ -48,9 +55,13 @@ def _fail_nth(tmp_path: Path, seed: int, hits_log: Path, point: str, n: int) -> 
 @pytest.mark.parametrize("point", list(_PR))
 def test_t4_fail_nth_io(tmp_path: Path, seed: int, hits_log: Path, point: str) -> None:
     """For the listed N: fail the N-th hit of ``point``; clear error; restart == oracle."""
+    failed = 0
     for n in _PR[point]:
         if not _fail_nth(tmp_path, seed, hits_log, point, n):
             break
+        failed += 1
+    # The run has more I/O than the largest listed N: every listed N must have failed it.
+    assert failed == len(_PR[point]), f"only N <= {failed} reached {point} (seed={seed})"
 
 
 @pytest.mark.slow
@@ -59,4 +70,5 @@ def test_t4_fail_nth_io_nightly(tmp_path: Path, seed: int, hits_log: Path, point
     """N = 1..30 (or until the run completes first)."""
     for n in range(1, 31):
         if not _fail_nth(tmp_path, seed, hits_log, point, n):
+            assert n > 1, f"{point} was never reached (seed={seed})"
             break

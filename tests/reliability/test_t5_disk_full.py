@@ -40,7 +40,8 @@ def test_t5_disk_full_then_more_space(tmp_path: Path, seed: int) -> None:
         case.history.note("fault-on", "state dir on a 2 MiB tmpfs")
         ex = case.sup.run(timeout_s=60)
         assert ex.code == 1, case.fail_message(f"expected a disk-full failure, exit {ex.code}")
-        assert "full" in ex.stderr.lower() and str(case.sup.db) in ex.stderr, case.fail_message(
+        clear = "full" in ex.stderr.lower() and str(case.sup.db) in ex.stderr
+        assert clear, case.fail_message(
             f"the error does not say the disk is full and where: {ex.stderr[-2000:]}"
         )
         before = case.sup.last_meta()

@@ -245,6 +245,17 @@ class Log(Protocol):
         """Return every topic by name, with the committed offsets of its partitions."""
         ...
 
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic, its records and every group's positions for it.
+
+        An administrative operation (``eventspine state reset``); never called
+        while a pipeline uses the topic.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+        """
+        ...
+
     def append(self, topic: str, partition: int, records: Sequence[LogRecord]) -> int:
         """Append ``records`` in order and return the offset of the first one.
 

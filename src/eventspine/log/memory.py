@@ -118,6 +118,15 @@ class MemoryLog:
             elif difference := spec_difference(existing[0], spec):
                 raise LogError(difference)
 
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and every group's positions for it (see ``Log``)."""
+        with self._storage.lock:
+            self._check_open()
+            self._topic(name)
+            del self._storage.topics[name]
+            for key in [k for k in self._storage.positions if k[1] == name]:
+                del self._storage.positions[key]
+
     def topics(self) -> dict[str, TopicInfo]:
         """Return every topic with its partitions' offsets (see ``Log``)."""
         with self._storage.lock:

@@ -130,6 +130,14 @@ class SqliteLog:
             elif difference := spec_difference(existing[1], spec):
                 raise LogError(difference)
 
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic, its records and every group's positions for it (see ``Log``)."""
+        with self._writing(f"delete topic {name!r}") as f:
+            self._reload_topics()
+            tid, _spec = self._lookup(name)
+            f.delete_topic(tid)
+            del self._topics[name]
+
     def topics(self) -> dict[str, TopicInfo]:
         """Return every topic with its partitions' committed offsets (see ``Log``)."""
         with self._reading("describe the topics") as f, f.snapshot():

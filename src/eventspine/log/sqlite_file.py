@@ -248,6 +248,11 @@ class SqliteLogFile:
         )
         return topic_id
 
+    def delete_topic(self, topic_id: int) -> None:
+        """Delete a topic's rows: batches, partitions, positions and the topic itself."""
+        for table in ("batches", "partitions", "positions", "topics"):
+            self._writer.execute(f"DELETE FROM {table} WHERE topic_id = ?", (topic_id,))  # noqa: S608  # table names are constants
+
     def partition_state(self, topic_id: int, partition: int) -> tuple[int, int, int]:
         """Return ``(log_start, end, cleaned_end)`` as the writer sees it."""
         row = self._writer.execute(

@@ -309,6 +309,28 @@ class LogConformance:
             _equal(log.committed("b", name), {1: 3}, "group b")
             _equal(log.committed("c", name), {}, "group c")
 
+    def test_delete_topic_removes_records_and_positions(self) -> None:
+        """A deleted topic is gone with its positions; a new one by that name starts empty."""
+        name = self.topic_name("deleted")
+        other = self.topic_name("kept")
+        with self._log(TopicSpec(name), TopicSpec(other)) as log:
+            log.append(name, 0, records(3))
+            log.append(other, 0, records(2))
+            with log.transaction() as txn:
+                txn.commit_positions("g", name, {0: 3})
+                txn.commit_positions("g", other, {0: 2})
+            log.delete_topic(name)
+            _check(name not in log.topics(), "the deleted topic is still listed")
+            with _raises(TopicNotFoundError, name):
+                log.read(name, 0, 0)
+            with _raises(TopicNotFoundError, name):
+                log.delete_topic(name)
+            _equal(log.committed("g", other), {0: 2}, "positions of the other topic")
+            _equal(len(log.read(other, 0, 0)), 2, "records of the other topic")
+            log.create_topic(TopicSpec(name))
+            _equal(log.read(name, 0, 0), [], "a new topic of the same name")
+            _equal(log.committed("g", name), {}, "positions of the new topic")
+
     # -- retention and compaction -------------------------------------------------
 
     def test_time_retention_moves_the_log_start(self) -> None:

@@ -24,6 +24,8 @@ def integrity_check(db: Path) -> str:
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return f"error: {exc}"
     finally:
         conn.close()
     return "; ".join(str(r[0]) for r in rows)

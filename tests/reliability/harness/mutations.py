@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["MUTATIONS", "Files", "backup"]
+__all__ = ["MUTATIONS", "Files", "backup", "checkpoint_wal"]
 
 PAGE = 16384  # the log's page size (eventspine.log.sqlite_file._PAGE_SIZE)
 
@@ -140,17 +140,33 @@ def output_append_garbage(f: Files, rng: random.Random) -> str | None:
     return "stats.jsonl: 18 bytes appended"
 
 
-#: name -> mutation, in the order of the T2 table.
-MUTATIONS: dict[str, Callable[[Files, random.Random], str | None]] = {
-    "wal-truncate": wal_truncate,
-    "wal-bitflip": wal_bitflip,
-    "db-truncate-page-k": db_truncate_page,
-    "db-bitflip": db_bitflip,
-    "delete-wal-shm": delete_wal_shm,
-    "older-copy": older_copy,
-    "older-copy-keep-wal": older_copy_keep_wal,
-    "zero-header": zero_header,
-    "staging-truncate": staging_truncate,
-    "output-truncate": output_truncate,
-    "output-append-garbage": output_append_garbage,
+def checkpoint_wal(db: Path) -> str:
+    """Copy the WAL into the database file and empty it (so mutations of ``log.db`` hit
+    live pages, not pages the WAL overrides); return SQLite's ``(busy, log, copied)``."""
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    return f"busy={row[0]} wal_frames={row[1]} copied={row[2]}"
+
+
+Mutation = Callable[[Files, random.Random], str | None]
+
+#: name -> (how the worker is stopped, mutation), in the order of the T2 table. Stops:
+#: ``"kill"`` SIGKILL at a random time after checkpoint 3; ``"kill-after-wal-checkpoint"``
+#: the same after the WAL was copied into ``log.db``; ``"fp:<spec>"`` a crash failpoint.
+MUTATIONS: dict[str, tuple[str, Mutation]] = {
+    "wal-truncate": ("kill", wal_truncate),
+    "wal-bitflip": ("kill", wal_bitflip),
+    "db-truncate-page-k": ("kill-after-wal-checkpoint", db_truncate_page),
+    "db-bitflip": ("kill-after-wal-checkpoint", db_bitflip),
+    "delete-wal-shm": ("kill", delete_wal_shm),
+    "older-copy": ("kill", older_copy),
+    "older-copy-keep-wal": ("kill", older_copy_keep_wal),
+    "zero-header": ("kill", zero_header),
+    "staging-truncate-committed": ("fp:ckpt.after_commit_before_ack=crash@4", staging_truncate),
+    "staging-truncate-uncommitted": ("fp:ckpt.before_commit=crash@4", staging_truncate),
+    "output-truncate": ("kill", output_truncate),
+    "output-append-garbage": ("kill", output_append_garbage),
 }

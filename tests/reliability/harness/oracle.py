@@ -39,7 +39,12 @@ def expected(wl: Workload, window_ms: int = 10_000) -> Expected:
                 continue
             rec = ln.record
             assert rec is not None
-            key, seq, value, ts = str(rec["key"]), int(rec["seq"]), int(rec["value"]), int(rec["ts"])
+            key, seq, value, ts = (
+                str(rec["key"]),
+                int(rec["seq"]),
+                int(rec["value"]),
+                int(rec["ts"]),
+            )
             st = state.setdefault(key, {})
             last = st.get("last", -1)
             if seq - last != 1:

@@ -94,11 +94,15 @@ def build() -> es.Pipeline:
     stats_name = "stats_v2" if _VARIANT == "renamed" else "stats"
     out = unique.key_by("by_key", "key").process(stats_name, stats)
     out.sink("stats_file", es.JsonLinesSink(os.path.join(_OUT, "stats.jsonl")))
-    out.side_output("alerts").sink("alerts_file", es.JsonLinesSink(os.path.join(_OUT, "alerts.jsonl")))
+    out.side_output("alerts").sink(
+        "alerts_file", es.JsonLinesSink(os.path.join(_OUT, "alerts.jsonl"))
+    )
     if _WINDOW:
         size = timedelta(seconds=5 if _VARIANT == "window5s" else 10)
-        win = out.key_by("win_key", "key").window(es.Tumbling(size)).aggregate(
-            "win10s", n=es.count(), total=es.sum("value")
+        win = (
+            out.key_by("win_key", "key")
+            .window(es.Tumbling(size))
+            .aggregate("win10s", n=es.count(), total=es.sum("value"))
         )
         win.sink("windows_file", es.JsonLinesSink(os.path.join(_OUT, "windows.jsonl")))
     if _TOPIC:

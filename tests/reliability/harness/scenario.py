@@ -38,11 +38,17 @@ class Case:
             report=rep,
             state=view.state,
             topic_records=view.topic_records if view.has_topic else None,
-            input_lines={f"input/{f.name}": len(ls) for f, ls in zip(self.workload.files, self.workload.lines, strict=True)},
+            input_lines={
+                f"input/{f.name}": len(ls)
+                for f, ls in zip(self.workload.files, self.workload.lines, strict=True)
+            },
             positions=view.positions(),
         )
         if check_prefixes:
-            final = {n: (self.sup.out_dir / n).read_bytes() if (self.sup.out_dir / n).exists() else b"" for n in OUTPUT_FILES}
+            final = {
+                n: (self.sup.out_dir / n).read_bytes() if (self.sup.out_dir / n).exists() else b""
+                for n in OUTPUT_FILES
+            }
             for i, seen in enumerate(self.sup.visible_after_kill):
                 for name, data in seen.items():
                     if not final[name].startswith(data):

@@ -19,7 +19,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,15 @@ from typing import Any
 from eventspine.log import open_log
 from eventspine.runtime.checkpoint import CheckpointMeta, names, read_last_meta
 
-__all__ = ["EVENTSPINE", "OUTPUT_FILES", "PIPELINE_FILE", "Exit", "History", "Supervisor", "log_is_ready"]
+__all__ = [
+    "EVENTSPINE",
+    "OUTPUT_FILES",
+    "PIPELINE_FILE",
+    "Exit",
+    "History",
+    "Supervisor",
+    "log_is_ready",
+]
 
 REPO = Path(__file__).resolve().parents[3]
 EVENTSPINE = str(REPO / ".venv" / "bin" / "eventspine")
@@ -256,7 +263,9 @@ class Supervisor:
                 self.history.note("finished", f"before kill {i + 1}")
                 ex = self.kill()
                 if ex.code != 0:
-                    raise AssertionError(f"worker failed: {ex.stderr[-2000:]}\n{self.history.dump()}")
+                    raise AssertionError(
+                        f"worker failed: {ex.stderr[-2000:]}\n{self.history.dump()}"
+                    )
                 return landed
             if meta is not None:
                 self.recovery_s.append(time.monotonic() - t_start)

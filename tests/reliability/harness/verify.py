@@ -124,7 +124,9 @@ def compare_per_key(
         dedup = list(dict.fromkeys(first_order))
         exp_order = [i for i in (ident(r) for r in exp) if i in seen]
         if dedup != exp_order:
-            report.add("reordered", f"{what}: key {key}: order {dedup[:6]}... != {exp_order[:6]}...")
+            report.add(
+                "reordered", f"{what}: key {key}: order {dedup[:6]}... != {exp_order[:6]}..."
+            )
 
 
 def verify_run(
@@ -152,7 +154,11 @@ def verify_run(
     """
     rep = report if report is not None else Report()
     compare_per_key(
-        "stats", read_jsonl(out_dir / "stats.jsonl", rep), expected.stats, lambda r: r.get("id"), rep
+        "stats",
+        read_jsonl(out_dir / "stats.jsonl", rep),
+        expected.stats,
+        lambda r: r.get("id"),
+        rep,
     )
     for a in read_jsonl(out_dir / "alerts.jsonl", rep):
         rep.add("seq-alert", f"alerts: {a}")
@@ -164,7 +170,9 @@ def verify_run(
         rep,
     )
     if topic_records is not None:
-        compare_per_key("stats-out topic", topic_records, expected.stats, lambda r: r.get("id"), rep)
+        compare_per_key(
+            "stats-out topic", topic_records, expected.stats, lambda r: r.get("id"), rep
+        )
     if state is not None:
         for key in sorted(set(state) | set(expected.state)):
             got, exp = state.get(key), expected.state.get(key)

@@ -67,7 +67,9 @@ def _p_raise(i: int, rng: random.Random) -> bytes:
     # A well-formed record the user function refuses (its id starts with ``poison-``).
     # (The marker is in the id: a field absent from the first block of a file is not
     # seen by the columnar JSON reader, see eventspine.connectors.files.)
-    return json.dumps({"id": f"poison-{i}", "key": "k000", "seq": 1, "value": 1, "ts": T0_MS}).encode()
+    return json.dumps(
+        {"id": f"poison-{i}", "key": "k000", "seq": 1, "value": 1, "ts": T0_MS}
+    ).encode()
 
 
 #: name -> maker of one bad line (without its newline).
@@ -143,7 +145,15 @@ def generate(
         raw: list[bytes] = []
         lines: list[Line] = []
 
-        def put(data: bytes, fate: str, rec: dict[str, int | str] | None, poison: str | None) -> None:
+        def put(
+            data: bytes,
+            fate: str,
+            rec: dict[str, int | str] | None,
+            poison: str | None,
+            p: int = p,
+            lines: list[Line] = lines,
+            raw: list[bytes] = raw,
+        ) -> None:
             lines.append(Line(p, len(raw), fate, rec, poison))
             raw.append(data)
 

@@ -109,7 +109,9 @@ class Harness:
     def _fresh(self) -> Operator:
         step = self.case.step()
         m = StepMetrics("w", "window")
-        op = make_record_window(step, m, ErrorBoundary("w", es.Fail(), DeadLetters(), m), ManualClock())
+        op = make_record_window(
+            step, m, ErrorBoundary("w", es.Fail(), DeadLetters(), m), ManualClock()
+        )
         assert op.stateful
         op.out.connect("main", Capture(self.out), 0)
         op.out.connect("late", Capture(self.late), 0)
@@ -136,7 +138,9 @@ class Harness:
     def restart(self) -> None:
         old = self.op
         self.op = self._fresh()
-        entries = [(decode_state(k, step="w"), decode_state(v, step="w")) for k, v in self.log.items()]
+        entries = [
+            (decode_state(k, step="w"), decode_state(v, step="w")) for k, v in self.log.items()
+        ]
         self.restored_entries += len(entries)
         self.op.restore(entries)
         assert self.op.watermark_ms == old.watermark_ms
@@ -298,7 +302,9 @@ def test_the_stream_exercises_late_records_and_lateness_updates() -> None:
 
 
 def test_snapshot_reports_only_changed_entries_and_tombstones_closed_windows() -> None:
-    case = Case(es.Tumbling(100 * MS), es.OnClose(), 0, lambda: {"n": es.count(), "l": es.last("v")})
+    case = Case(
+        es.Tumbling(100 * MS), es.OnClose(), 0, lambda: {"n": es.count(), "l": es.last("v")}
+    )
     h = Harness(case)
     rows = [{"k": "a", "ts": 10, "v": 1}, {"k": "b", "ts": 20, "v": 2}]
     h.feed(Batch(rows, [10, 20], keys=["a", "b"]), 0)
@@ -310,7 +316,8 @@ def test_snapshot_reports_only_changed_entries_and_tombstones_closed_windows() -
     assert [k for k, _v in h.op.snapshot_changes()] == [("a", 0), ("__meta__",)]
     h.feed(Batch([{"k": "c", "ts": 150, "v": 4}], [150], keys=["c"]), 100)  # closes [0, 100)
     changes = dict(h.op.snapshot_changes())
-    assert changes[("a", 0)] is None and changes[("b", 0)] is None
+    assert changes[("a", 0)] is None
+    assert changes[("b", 0)] is None
     assert changes[("c", 100)] is not None
     # A window opened and closed between two snapshots leaves no tombstone.
     h.feed(Batch([{"k": "d", "ts": 160, "v": 5}], [160], keys=["d"]), 200)
@@ -351,7 +358,9 @@ def test_sketch_accumulators_round_trip_exactly() -> None:
 
 def test_first_last_tie_break_counter_survives_a_restart() -> None:
     """Ties on event time go to arrival order across a restart (the counter is saved)."""
-    case = Case(es.Tumbling(100 * MS), es.OnClose(), 0, lambda: {"f": es.first("v"), "l": es.last("v")})
+    case = Case(
+        es.Tumbling(100 * MS), es.OnClose(), 0, lambda: {"f": es.first("v"), "l": es.last("v")}
+    )
     rows = [{"k": "a", "ts": 5, "v": v} for v in range(6)]
     batches = [(Batch(rows[i : i + 2], [5, 5], keys=["a", "a"]), 0) for i in range(0, 6, 2)]
     _h, want, _ = run(case, batches)
@@ -380,3 +389,16 @@ def test_an_interval_update_clears_the_changed_flag_in_the_snapshot() -> None:
         h.restart()
         h.feed(Batch([], [], keys=[]), 310)  # no change since: no update after the restart
         assert [row["n"] for _ts, row in h.out] == [1], kind
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_without_checkpoints_the_dirty_set_stays_within_the_live_state(case: Case) -> None:
+    """A run that never snapshots (no durable log) does not accumulate closed entries."""
+    recs, sizes = stream(seed=11)
+    h = Harness(case, check=False)
+    for batch, wm in batches_of(recs, sizes):
+        h.feed(batch, wm)
+        live = {d[1] if isinstance(d, tuple) and d[:1] == ("key",) else d for d in live_state(h.op)}
+        assert h.op._dirty <= live
+    h.finish()
+    assert not h.op._dirty

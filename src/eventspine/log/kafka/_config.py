@@ -7,14 +7,18 @@ maps onto a Kafka message (the ``ts_ms == 0`` header, see :data:`TS_HEADER`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from confluent_kafka import KafkaException
 
 from eventspine.errors import ConfigError
 
-__all__ = ["TS_HEADER", "KafkaSettings", "settings_from_url"]
+__all__ = ["TS_HEADER", "KafkaSettings", "make_client", "settings_from_url"]
+
+_C = TypeVar("_C")
 
 #: librdkafka replaces a produce timestamp of 0 by the current time, so a record with
 #: ``ts_ms == 0`` is sent with Kafka timestamp 1 and this header (value ``b"0"``), which
@@ -163,3 +167,14 @@ def settings_from_url(url: str) -> KafkaSettings:
         client_config=client,
         topic_config=topic,
     )
+
+
+def make_client(factory: Callable[[dict[str, Any]], _C], config: dict[str, Any]) -> _C:
+    """Create a librdkafka client; a setting it refuses is a ``ConfigError``."""
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        raise ConfigError(
+            f"librdkafka refused the Kafka client settings: {exc.args[0].str()}; check the "
+            f"kafka.* options of the log URL (or KafkaLog(client_config=...))"
+        ) from exc

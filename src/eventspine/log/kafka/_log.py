@@ -28,10 +28,10 @@ from eventspine.log.base import (
     TopicInfo,
     TopicSpec,
 )
-from eventspine.log.kafka._config import LOGGER, KafkaSettings
+from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
 from eventspine.log.kafka._reader import ReaderPool
 from eventspine.log.kafka._records import Deliveries, produce_records, validate_records
-from eventspine.log.kafka._topics import create_topic, describe_topics
+from eventspine.log.kafka._topics import create_topic, delete_topic, describe_topics
 from eventspine.log.kafka._txn import KafkaTransaction, TransactionalProducer
 
 __all__ = ["KafkaLog"]
@@ -69,7 +69,8 @@ class KafkaLog:
     Raises:
         ConfigError: a setting is out of range.
 
-    Connects lazily: the constructor does no I/O.
+    The constructor does not wait for the cluster: an unreachable cluster
+    shows as a ``LogError`` from the first call that needs it.
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class KafkaLog:
 
     def _init(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._admin = AdminClient(settings.base())
+        self._admin = make_client(AdminClient, settings.base())
         self._readers = ReaderPool(settings)
         self._txn = TransactionalProducer(settings)
         self._producer: Producer | None = None
@@ -136,6 +137,23 @@ class KafkaLog:
         create_topic(self._admin, spec, self._settings)
         self._specs[spec.name] = spec
 
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic; the brokers drop its records and every group's positions for it.
+
+        Returns once the cluster metadata no longer lists it (a topic of the same name can
+        then be created).
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            LogError: the cluster refused or timed out.
+        """
+        self._spec(name)
+        try:
+            delete_topic(self._admin, name, self._settings.timeout_s)
+        finally:
+            self._specs.pop(name, None)
+            self._readers.forget(name)
+
     def topics(self) -> dict[str, TopicInfo]:
         """Return every topic but the broker-internal ones, with partition offsets.
 
@@ -145,7 +163,7 @@ class KafkaLog:
         """
         self._check_open()
         timeout = self._settings.timeout_s
-        specs = describe_topics(self._admin, None, timeout)
+        specs = describe_topics(self._admin, None, timeout, self._specs)
         self._specs.update(specs)
         wanted = [TopicPartition(n, p) for n, s in specs.items() for p in range(s.partitions)]
         starts = self._list_offsets(wanted, _EARLIEST)
@@ -217,7 +235,7 @@ class KafkaLog:
         with self._append_lock:
             self._check_open()
             if self._producer is None:
-                self._producer = Producer(self._settings.producer())
+                self._producer = make_client(Producer, self._settings.producer())
             producer = self._producer
             deliveries = Deliveries()
             produce_records(producer, topic, partition, records, deliveries, timeout)

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from eventspine.errors import LogError
 from eventspine.log._checks import check_in_range
 from eventspine.log.base import StoredRecord
-from eventspine.log.kafka._config import KafkaSettings
+from eventspine.log.kafka._config import KafkaSettings, make_client
 from eventspine.log.kafka._records import stored_record
 
 __all__ = ["ReaderPool"]
@@ -65,7 +65,7 @@ class ReaderPool:
         with self._lock:
             reader = self._readers.get(key)
             if reader is None:
-                consumer = Consumer(self._settings.consumer(self._group))
+                consumer = make_client(Consumer, self._settings.consumer(self._group))
                 reader = self._readers[key] = _Reader(consumer, topic, partition)
                 while len(self._readers) > self._settings.max_readers:
                     evicted.append(self._readers.popitem(last=False)[1])
@@ -83,7 +83,7 @@ class ReaderPool:
         """
         with self._lock:
             if self._offsets_client is None:
-                self._offsets_client = Consumer(self._settings.consumer(self._group))
+                self._offsets_client = make_client(Consumer, self._settings.consumer(self._group))
             client = self._offsets_client
         try:
             low, high = client.get_watermark_offsets(
@@ -144,6 +144,15 @@ class ReaderPool:
                 if at_end or (out and out[-1].offset >= end - 1):
                     break
             return out
+
+    def forget(self, topic: str) -> None:
+        """Close the consumers of ``topic`` (deleted: their positions mean nothing now)."""
+        with self._lock:
+            keys = [key for key in self._readers if key[0] == topic]
+            readers = [self._readers.pop(key) for key in keys]
+        for reader in readers:
+            with reader.lock:
+                reader.consumer.close()
 
     def close(self) -> None:
         """Close every consumer."""

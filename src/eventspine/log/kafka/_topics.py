@@ -29,12 +29,18 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     NewTopic,
 )
 
-from eventspine.errors import LogError
+from eventspine.errors import LogError, TopicNotFoundError
 from eventspine.log._checks import spec_difference
 from eventspine.log.base import TopicSpec
 from eventspine.log.kafka._config import KafkaSettings
 
-__all__ = ["create_topic", "describe_topics", "is_internal", "topic_configs"]
+__all__ = [
+    "create_topic",
+    "delete_topic",
+    "describe_topics",
+    "is_internal",
+    "topic_configs",
+]
 
 _LONG_MAX = str((1 << 63) - 1)
 _DESCRIBED = ("cleanup.policy", "retention.ms", "retention.bytes", "delete.retention.ms")
@@ -99,11 +105,16 @@ def _partition_counts(
 
 
 def describe_topics(
-    admin: AdminClient, names: Iterable[str] | None, timeout: float
+    admin: AdminClient,
+    names: Iterable[str] | None,
+    timeout: float,
+    known: Mapping[str, TopicSpec] | None = None,
 ) -> dict[str, TopicSpec]:
     """Return the specs of the existing topics among ``names`` (every topic if ``None``).
 
-    Internal topics are left out; missing topics are absent from the result.
+    Internal topics are left out; missing topics are absent from the result. Specs in
+    ``known`` are taken as they are when the partition count matches (a spec never
+    changes once created), so only new topics cost a ``describe_configs``.
 
     Raises:
         LogError: the cluster could not be asked.
@@ -111,10 +122,14 @@ def describe_topics(
     counts = {
         n: c for n, c in _partition_counts(admin, names, timeout).items() if not is_internal(n)
     }
-    if not counts:
-        return {}
-    resources = [ConfigResource("topic", name) for name in counts]
     specs: dict[str, TopicSpec] = {}
+    for name, count in counts.items():
+        spec = (known or {}).get(name)
+        if spec is not None and spec.partitions == count:
+            specs[name] = spec
+    resources = [ConfigResource("topic", name) for name in counts if name not in specs]
+    if not resources:
+        return specs
     try:
         futures = admin.describe_configs(resources, request_timeout=timeout)
         for resource, future in futures.items():
@@ -156,6 +171,32 @@ def create_topic(admin: AdminClient, spec: TopicSpec, settings: KafkaSettings) -
         if difference := spec_difference(existing, spec):
             raise LogError(difference) from None
     _wait_usable(admin, spec, timeout)
+
+
+def delete_topic(admin: AdminClient, name: str, timeout: float) -> None:
+    """Delete a topic and wait until the metadata no longer lists it.
+
+    The brokers drop every group's committed offsets of a deleted topic themselves.
+
+    Raises:
+        TopicNotFoundError: the topic does not exist.
+        LogError: the cluster refused or did not finish within ``timeout``.
+    """
+    future = admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)
+    try:
+        future[name].result(timeout=timeout + 5)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise TopicNotFoundError(f"topic {name!r} does not exist; nothing to delete") from exc
+        raise LogError(f"Kafka refused to delete topic {name!r}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while name in _partition_counts(admin, [name], timeout):
+        if time.monotonic() > deadline:
+            raise LogError(f"Kafka topic {name!r} is still listed {timeout:.0f} s after deletion")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _wait_usable(admin: AdminClient, spec: TopicSpec, timeout: float) -> None:

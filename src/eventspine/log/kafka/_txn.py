@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from eventspine.errors import LogError
 from eventspine.log._checks import check_partition, check_positions
 from eventspine.log.base import LogRecord, TopicSpec
-from eventspine.log.kafka._config import LOGGER, KafkaSettings
+from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
 from eventspine.log.kafka._records import Deliveries, produce_records, validate_records
 
 __all__ = ["KafkaTransaction", "TransactionalProducer"]
@@ -63,7 +63,9 @@ class TransactionalProducer:
         if self.fenced is not None:
             raise LogError(self.fenced)
         if self._producer is None:
-            producer = Producer(self.settings.transactional_producer(self.transactional_id))
+            producer = make_client(
+                Producer, self.settings.transactional_producer(self.transactional_id)
+            )
             try:
                 producer.init_transactions(self.settings.timeout_s)
             except KafkaException as exc:
@@ -78,7 +80,7 @@ class TransactionalProducer:
         """Return the group metadata ``send_offsets_to_transaction`` needs for ``group``."""
         consumer = self._groups.get(group)
         if consumer is None:
-            consumer = self._groups[group] = Consumer(self.settings.consumer(group))
+            consumer = self._groups[group] = make_client(Consumer, self.settings.consumer(group))
         return consumer.consumer_group_metadata()
 
     def fence(self, exc: KafkaException) -> LogError:
@@ -95,7 +97,10 @@ class TransactionalProducer:
         """Forget the producer; the next transaction creates and initializes a new one."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(0)  # type: ignore[call-arg]  # close(timeout) exists since 2.x
+            try:
+                producer.close(0)  # type: ignore[call-arg]  # close(timeout) exists since 2.x
+            except KafkaException as exc:  # a fenced (fatal) producer reports it again here
+                LOGGER.debug("closing the transactional producer: %s", exc)
 
     def close(self) -> None:
         """Drop the producer and the group consumers."""
@@ -179,7 +184,12 @@ class KafkaTransaction:
     def __enter__(self) -> Self:
         if self._state != _NEW:
             raise LogError("a transaction can be entered only once; call log.transaction() again")
-        self._owner.lock.acquire()
+        wait = self._owner.settings.transaction_timeout_ms / 1000
+        if not self._owner.lock.acquire(timeout=wait):
+            raise LogError(
+                f"another transaction of this log stayed open for {wait:.0f} s: a KafkaLog runs "
+                f"one transaction at a time (nested transactions are not supported)"
+            )
         try:
             producer = self._owner.producer()
             producer.begin_transaction()
@@ -260,6 +270,9 @@ class KafkaTransaction:
                     f"visible); the next transaction re-initializes the producer"
                 ) from cause
             return
+        # abort_transaction purged the queued records and waited for those in flight: serve
+        # their delivery reports, then wait until the abort markers passed the ones stored.
+        producer.poll(0)
         self._await(self._deliveries.last)
         if cause is not None:
             raise LogError(

@@ -188,7 +188,10 @@ class AggSet:
         return [m(x, y) for m, x, y in zip(self._merges, a, b, strict=True)]
 
     def results(self, accs: list[Any], out: dict[str, Any]) -> dict[str, Any]:
-        """Write each aggregation's result into ``out`` (by output name) and return it."""
-        for name, res, acc in zip(self.names, self._results, accs, strict=True):
+        """Write each aggregation's result into ``out`` (by output name) and return it.
+
+        ``accs`` may carry extra trailing items (an operator's bookkeeping); they are ignored.
+        """
+        for name, res, acc in zip(self.names, self._results, accs, strict=False):
             out[name] = res(acc)
         return out

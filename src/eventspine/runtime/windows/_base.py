@@ -174,6 +174,18 @@ class WindowOperator(Operator):
         self._dirty = set()
         self._meta_saved = self._meta()
 
+    def _gone(self, d: Any) -> None:
+        """Note that entry ``d`` no longer exists.
+
+        Only an entry reported before needs a tombstone; others leave the dirty
+        set, so it never holds more than the live and saved entries (it is not
+        drained when no checkpoints are taken).
+        """
+        if d in self._saved:
+            self._dirty.add(d)
+        else:
+            self._dirty.discard(d)
+
     def _meta(self) -> dict[str, Any]:
         return {
             "wm": self.watermark_ms,

@@ -286,6 +286,51 @@ class ColumnarWindow(Operator):
         if self._delegate is not None:
             self._delegate.on_end()
 
+    # -- checkpoints ---------------------------------------------------------------------
+    stateful = True
+
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the whole open state as one entry (partials are small: one row per key/pane).
+
+        Queued records are folded into partial aggregates first; that is what the
+        next close would do anyway (float sums may differ in the last bits from an
+        uninterrupted run, as with any change of batch boundaries). If the record
+        path took over, its own entries are returned under a ``"delegate"`` prefix.
+        """
+        if self._delegate is not None:
+            changes = self._delegate.snapshot_changes()
+            return [(("delegate", k), v) for k, v in changes] + [(("columnar",), None)]
+        self._fold_raw()
+        if len(self._parts) > 1:
+            self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
+        frame = self._parts[0].frame if self._parts else None
+        state = {
+            "frame": frame,
+            "closed": self._closed,
+            "next_close": self._next_close,
+            "schema": dict(self._schema),
+        }
+        return [(("columnar",), state)]
+
+    def restore(self, entries: list[tuple[Any, Any]]) -> None:
+        """Rebuild the open partials (or the record path's state) from a checkpoint."""
+        delegated = [(k[1], v) for k, v in entries if k[0] == "delegate"]
+        if delegated:
+            if self._record_path is None:
+                raise AssertionError("record-path state without a record path to restore it")
+            self._delegate = self._record_path()
+            self._delegate.out = self.out
+            self._delegate.restore(delegated)
+            return
+        for key, state in entries:
+            if key == ("columnar",):
+                frame = state["frame"]
+                self._parts = [] if frame is None or not frame.height else [_Part.of(frame)]
+                self._closed = state["closed"]
+                self._next_close = state["next_close"]
+                self._schema = dict(state["schema"])
+        self._count_state()
+
     # -- internals ---------------------------------------------------------------------
     def _fold_raw(self) -> None:
         """Aggregate the queued records into one partial frame (one group_by per close)."""

@@ -76,6 +76,7 @@ class CountWindows(WindowOperator):
                 w[MAX_TS] = t
             if w[N] == self.size:
                 del windows[k]
+                self._gone(k)
                 self.push(self.row(k, w[MIN_TS], w[MAX_TS] + 1, w[ACCS], True), w[MAX_TS])
             elif self.on_change or (self.every_n and w[N] % self.every_n == 0):
                 self.push(self.row(k, w[MIN_TS], w[MAX_TS] + 1, w[ACCS], False), w[MAX_TS])
@@ -90,7 +91,8 @@ class CountWindows(WindowOperator):
             self.push_due(self._due(final=False, only_changed=True))
         if wm_ms >= MAX_TS_MS and self.windows:
             self.push_due(self._due(final=True, only_changed=False))
-            self._dirty.update(self.windows)
+            for k in self.windows:
+                self._gone(k)
             self.windows.clear()
         self._flush()
         self.metrics.state_keys = len(self.windows)

@@ -137,8 +137,10 @@ class DecayingAggregate(WindowOperator):
                 due.extend(
                     (self._ref(k), k, 0, self._row(k, self._ref(k), True)) for k in self.state
                 )
-                self._dirty.update(self.state)
+                flushed = list(self.state)
                 self.state.clear()
+                for k in flushed:
+                    self._changed(k)
         else:
             keys: dict[Any, None] = {}
             for _t, ks in self.fire.pop_due(wm_ms):
@@ -161,7 +163,9 @@ class DecayingAggregate(WindowOperator):
         i = first
         while i <= last:
             if not self.state:
-                earliest = min((t for recs in self.pending.values() for t, *_ in recs), default=None)
+                earliest = min(
+                    (t for recs in self.pending.values() for t, *_ in recs), default=None
+                )
                 if earliest is None:
                     return
                 i = max(i, -(-earliest // iv))  # first boundary at or after the earliest record
@@ -183,7 +187,6 @@ class DecayingAggregate(WindowOperator):
             recs = self.pending.get(k)
             if not recs:
                 continue
-            self._dirty.add(k)
             recs.sort(key=lambda r: (r[0], r[1]))
             cut = 0
             while cut < len(recs) and recs[cut][0] <= upto:
@@ -193,6 +196,7 @@ class DecayingAggregate(WindowOperator):
                 self.pending[k] = rest
             else:
                 del self.pending[k]
+            self._dirty.add(k)  # folded into the state below
             j = 0
             while j < len(ready):
                 t = ready[j][0]
@@ -296,20 +300,26 @@ class DecayingAggregate(WindowOperator):
                 if self.exp_half_life:
                     if st[0] + _DROP_HALF_LIVES * self.exp_half_life + self.lateness_ms <= wm_ms:
                         del self.state[k]
-                        self._dirty.add(k)
+                        self._changed(k)
                     continue
                 horizon = self.decay.horizon_ms
                 assert horizon is not None
                 keep = [r for r in st if r[0] + horizon + self.lateness_ms + 2 > wm_ms]
                 if len(keep) == len(st):
                     continue
-                self._dirty.add(k)
                 if keep:
                     self.state[k] = keep
                 else:
                     del self.state[k]
+                self._changed(k)
 
     # -- checkpoints -----------------------------------------------------------------
+    def _changed(self, key: Any) -> None:
+        if key in self.state or key in self.pending:
+            self._dirty.add(key)
+        else:
+            self._gone(key)
+
     def _entry(self, d: Any) -> Any:
         st, pend = self.state.get(d), self.pending.get(d)
         if st is None and not pend:

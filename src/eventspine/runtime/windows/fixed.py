@@ -9,7 +9,11 @@ State layout (plain data, ready for durable snapshots):
 * ``counts`` (``EveryN``) and ``changed`` (``EveryInterval``) per entry.
 
 Checkpoint entries: one per ``(key, window_start_ms)``, valued ``(accs,
-count, changed)`` (accumulators encoded by ``AggSet.encode``). ``fire`` and
+count, changed)`` (accumulators encoded by ``AggSet.encode``). To keep the
+per-record cost low, each accumulator list in ``state`` carries one extra
+trailing item, the snapshot generation in which it was last marked dirty:
+a record adds its window to the dirty set only on the window's first update
+since the last snapshot. ``fire`` and
 ``clean`` are derived on restore: a window whose end is after the saved
 watermark waits to fire, the others (already emitted, kept for lateness)
 wait to be dropped at ``end + lateness``.
@@ -64,6 +68,8 @@ class FixedWindows(WindowOperator):
         self.clean = Timers()
         self.counts: dict[Entry, int] = {}
         self.changed: dict[Entry, None] = {}
+        #: The current snapshot generation (see the module doc).
+        self._gen = object()
 
     # -- records ---------------------------------------------------------------------
     def on_batch(self, batch: Batch, port: int) -> None:
@@ -115,6 +121,7 @@ class FixedWindows(WindowOperator):
         wm = self.watermark_ms
         fire_add = self.fire.add
         dirty_add = self._dirty.add
+        gen = self._gen
         for i in range(len(ts)):
             if failed and i in failed:
                 continue
@@ -128,11 +135,14 @@ class FixedWindows(WindowOperator):
                     late_idx.append(i)
                     continue
                 accs = state[sk] = create()
+                accs.append(None)
                 if end > wm:
                     fire_add(end, sk)
                 else:
                     self.clean.add(end + lateness, sk)
-            dirty_add(sk)
+            if accs[-1] is not gen:
+                accs[-1] = gen
+                dirty_add(sk)
             try:
                 for j, add, col in plain:
                     accs[j] = add(accs[j], col[i])
@@ -161,6 +171,7 @@ class FixedWindows(WindowOperator):
         lateness = self.lateness_ms
         wm = self.watermark_ms
         dirty_add = self._dirty.add
+        gen = self._gen
         for i in range(len(ts)):
             if failed and i in failed:
                 continue
@@ -177,11 +188,14 @@ class FixedWindows(WindowOperator):
                     if end + lateness <= wm:
                         continue
                     accs = state[sk] = self.aggs.create()
+                    accs.append(None)
                     if end > wm:
                         self.fire.add(end, sk)
                     else:
                         self.clean.add(end + lateness, sk)
-                dirty_add(sk)
+                if accs[-1] is not gen:
+                    accs[-1] = gen
+                    dirty_add(sk)
                 try:
                     for j, add, col in plain:
                         accs[j] = add(accs[j], col[i])
@@ -243,22 +257,29 @@ class FixedWindows(WindowOperator):
 
     def _drop(self, sk: Entry) -> None:
         del self.state[sk]
-        self._dirty.add(sk)
+        self._gone(sk)
         if self.updates:
             self.counts.pop(sk, None)
             self.changed.pop(sk, None)
 
     # -- checkpoints -----------------------------------------------------------------
+    def snapshot_changes(self) -> list[tuple[Any, Any]]:
+        """Return the changed ``(key, window_start_ms)`` entries (see the module doc)."""
+        out = super().snapshot_changes()
+        self._gen = object()  # every window counts as clean again
+        return out
+
     def _entry(self, d: Any) -> Any:
         accs = self.state.get(d)
         if accs is None:
             return None
-        return (self.aggs.encode(accs), self.counts.get(d, 0), d in self.changed)
+        return (self.aggs.encode(accs[:-1]), self.counts.get(d, 0), d in self.changed)
 
     def _load(self, entries: list[tuple[Any, Any]]) -> None:
         wm, size, lateness = self.watermark_ms, self.size_ms, self.lateness_ms
         for sk, (accs, count, changed) in entries:
             self.state[sk] = self.aggs.decode(accs)
+            self.state[sk].append(None)
             if count:
                 self.counts[sk] = count
             if changed:

@@ -201,7 +201,10 @@ class SessionWindows(WindowOperator):
         s[ALIVE] = False
         self._unlist(key, s)
         self.open_count -= 1
-        self._dirty.add(key)
+        if key in self.sessions:
+            self._dirty.add(key)
+        else:
+            self._gone(key)
 
     def _unlist(self, key: Any, s: list[Any]) -> None:
         lst = [x for x in self.sessions[key] if x is not s]
@@ -225,7 +228,7 @@ class SessionWindows(WindowOperator):
             lst: list[list[Any]] = []
             for start, last, accs, count, changed in saved:
                 end = last + gap
-                fired = False
+                fired = end <= wm
                 s = [start, last, self.aggs.decode(accs), True, fired, count, changed]
                 lst.append(s)
                 seq -= 1

@@ -156,7 +156,7 @@ class SlidingWindows(WindowOperator):
                 cut = bisect_right(buf, horizon, key=_TS)
                 if cut == len(buf):
                     del self.buffers[k]
-                    self._dirty.add(k)
+                    self._gone(k)
                 elif cut:
                     del buf[:cut]
                     self._dirty.add(k)
