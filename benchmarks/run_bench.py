@@ -207,16 +207,20 @@ def main() -> None:
         ),
     )
     ap.add_argument("--fresh", action="store_true", help="recopy the harness (keeps nothing)")
+    ap.add_argument(
+        "--summarize-only", action="store_true", help="only rebuild the table from the raw runs"
+    )
     a = ap.parse_args()
     systems = ["baseline-loop", "polars-batch", "bytewax"]
     systems += [p for p in a.peers.split(",") if p]
     unknown = [s for s in systems if s not in PEERS]
     if unknown:
         sys.exit(f"unknown peers: {unknown}; choose from {sorted(PEERS)}")
-    copy_harness(os.path.abspath(a.shared), a.fresh)
-    make_venvs(systems)
-    make_data()
-    run_matrix(systems, a)
+    if not a.summarize_only:
+        copy_harness(os.path.abspath(a.shared), a.fresh)
+        make_venvs(systems)
+        make_data()
+        run_matrix(systems, a)
     summary = summarize(systems, a)
     md = to_markdown(summary)
     print(md)

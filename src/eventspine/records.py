@@ -195,9 +195,13 @@ class Batch:
         return self._frame
 
     def position(self, index: int) -> tuple[str | None, int | None]:
-        """Return ``(partition, offset)`` of the record at ``index``, for error messages."""
+        """Return ``(partition, offset)`` of the record at ``index``, for error messages.
+
+        An offset of -1 means unknown (a record made by a timer, not by an input record).
+        """
         offsets = self.offsets
-        return self.partition, (offsets[index] if offsets is not None else None)
+        offset = offsets[index] if offsets is not None else None
+        return self.partition, (offset if offset is not None and offset >= 0 else None)
 
     def with_rows(
         self, rows: list[Any], ts: list[int], keys: list[Any] | None, offsets: list[int] | None

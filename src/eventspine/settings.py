@@ -5,7 +5,7 @@ Every setting has one name, spelled three ways (option, variable, TOML key)::
     --state-dir D            EVENTSPINE_STATE_DIR           state_dir = "./.eventspine"
     --log-url URL            EVENTSPINE_LOG_URL             log_url = "sqlite://.eventspine"
     --checkpoint-interval-ms EVENTSPINE_CHECKPOINT_INTERVAL_MS checkpoint_interval_ms = 1000
-    (no option)              EVENTSPINE_FAILPOINTS          failpoints = "ckpt.before_commit=crash@2"
+    (no option)              EVENTSPINE_FAILPOINTS          failpoints = "ckpt.before_commit=crash"
     (no option)              EVENTSPINE_FAILPOINTS_LOG      failpoints_log = "/tmp/hits.txt"
     --metrics-port N         EVENTSPINE_METRICS_PORT        metrics_port = 9464
     --latency-budget-ms N    EVENTSPINE_LATENCY_BUDGET_MS   latency_budget_ms = 20

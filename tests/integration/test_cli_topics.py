@@ -103,7 +103,6 @@ ERRORS = [
     (("tail", "orders", "--max", "0"), 2, "--max 0 is invalid"),
     (("topics", "delete", "orders"), 2, "choose from 'create', 'list', 'describe'"),
     (("state", "show", "nope"), 1, "pipeline 'nope' has no state"),
-    (("state", "reset", "nope", "--yes"), 1, "cannot delete topics yet"),
 ]
 
 
@@ -228,3 +227,22 @@ def test_pipeline_run_then_state_show_and_dead_letter_replay(cli: Cli) -> None:
     assert replayed["value"] == {"id": "bad", "sym": "B"}
     (letter,) = cli.json_lines("dead-letters", "list", "dlq")
     assert letter["replayed"] is True
+
+    # state reset: the pipeline's internal topics go, its positions rewind, and the next
+    # run starts from the beginning (the copies are appended again).
+    res = cli("state", "reset", "orders_copy", "--yes")
+    assert res.stdout.startswith("deleted ")
+    assert not any(t.startswith("__es.orders_copy.") for t in cli("topics", "list").stdout.split())
+    res = cli("state", "reset", "orders_copy", "--yes")
+    assert "has no state" in res.stdout  # idempotent
+    run = subprocess.run(
+        [EVENTSPINE, "run", "pipe.py:pipeline", "--log-url", cli.url, "--max-seconds", "1.5"],
+        cwd=cli.tmp,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    copies = cli.json_lines("tail", "copies", "--from-beginning")
+    assert sorted(r["value"]["id"] for r in copies) == [1, 1, 3, 3]

@@ -182,14 +182,7 @@ def _reset(args: argparse.Namespace) -> int:
     with open_cli_log(args) as (log, url):
         topics = log.topics()
         internal = [n for n in topics if n.startswith(names.prefix(args.pipeline))]
-        delete = getattr(log, "delete_topic", None)
-        if delete is None:
-            raise LogError(
-                f"state reset needs to delete topics, and the log {url} cannot delete topics "
-                f"yet. To start pipeline {args.pipeline!r} fresh now, stop it and move the log "
-                f"file away (this also discards every other topic in it), or give the "
-                f"pipeline a new name"
-            )
+        delete = log.delete_topic
         if not internal:
             sys.stdout.write(f"pipeline {args.pipeline!r} has no state in {url}\n")
             return 0

@@ -40,6 +40,7 @@ import glob
 import io
 import logging
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -280,7 +281,7 @@ class _JsonCodec:
                 df = pl.read_ndjson(io.BytesIO(data), schema_overrides=self._fixed)
         except _polars_errors():
             return None
-        if df.height != n:
+        if df.height != n or not _strings_were_strings(data, df):
             return None
         if self._plan is not None:
             return _check_frame(df, self._plan)
@@ -315,6 +316,30 @@ class _JsonCodec:
             except _DECODE_ERRORS as exc:
                 errs.append(_error(_describe(exc, self.schema), where, first + i, line))
         return out, offs, errs
+
+
+def _strings_were_strings(data: bytes, df: pl.DataFrame) -> bool:
+    """Whether every value of every text column was a JSON string in ``data``.
+
+    polars turns a JSON number or object into text when its column is text (the
+    supertype of a mixed column, or a text field of the schema), where the row
+    decoder would keep the number or refuse the record. Counting the ``"name":"``
+    occurrences in the raw block finds such values cheaply; on any doubt the
+    block is decoded as rows, which is always right.
+    """
+    import polars as pl
+
+    for name, dtype in df.schema.items():
+        if dtype != pl.String:
+            continue
+        col = df.get_column(name)
+        expected = col.len() - col.null_count()
+        key = b'"' + name.encode() + b'":'
+        if data.count(key + b'"') == expected:
+            continue
+        if len(re.findall(re.escape(key) + rb'\s*"', data)) != expected:
+            return False
+    return True
 
 
 class _CsvCodec:

@@ -68,7 +68,7 @@ class CheckpointPolicy:
     records: int | None = None
 
 
-class names:  # noqa: N801  # a namespace of naming rules, used as names.changelog(...)
+class names:  # a namespace of naming rules, used as names.changelog(...)
     """How internal topics are named (one place, shared by the CLI)."""
 
     @staticmethod
@@ -138,7 +138,9 @@ class Checkpointer:
     # -- topics ------------------------------------------------------------------------
     def ensure_topics(self) -> None:
         """Create the internal topics this pipeline needs (idempotent)."""
-        self.log.create_topic(TopicSpec(names.checkpoints(self.pipeline), retention=timedelta(days=7)))
+        self.log.create_topic(
+            TopicSpec(names.checkpoints(self.pipeline), retention=timedelta(days=7))
+        )
         for op in self.stateful:
             self.log.create_topic(
                 TopicSpec(names.changelog(self.pipeline, op.name), compacted=True)

@@ -25,7 +25,7 @@ from typing import Any
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.dataflow.ports import OpenContext
 from eventspine.log import Log, open_log
-from eventspine.runtime.checkpoint import CheckpointPolicy, Checkpointer
+from eventspine.runtime.checkpoint import Checkpointer, CheckpointPolicy
 from eventspine.runtime.metrics import Inspector
 from eventspine.runtime.operator import DeadLetters, Operator
 from eventspine.runtime.plan import Plan, compile_pipeline

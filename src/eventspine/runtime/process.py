@@ -112,17 +112,21 @@ class _Context:
 
     def emit(self, record: Any, *, ts_ms: int | None = None) -> None:
         """Send a record downstream (event time defaults to ``ts_ms``)."""
-        out = self._op.main
+        op = self._op
+        out = op.main
         out[0].append(record)
         out[1].append(self.ts_ms if ts_ms is None else ts_ms)
+        out[2].append(op.cur_offset)
 
     def emit_to(self, side: str, record: Any) -> None:
         """Send a record to side output ``side`` (event time ``ts_ms``)."""
-        out = self._op.sides.get(side)
+        op = self._op
+        out = op.sides.get(side)
         if out is None:
-            out = self._op.sides[side] = ([], [])
+            out = op.sides[side] = ([], [], [])
         out[0].append(record)
         out[1].append(self.ts_ms)
+        out[2].append(op.cur_offset)
 
     def set_event_timer(self, at_ms: int) -> None:
         """Call ``on_timer`` for this key once the watermark reaches ``at_ms``."""
@@ -158,8 +162,12 @@ class ProcessOperator(Operator):
         self._saved: set[Any] = set()  # keys whose last reported entry was not None
         self._meta_saved = 0
         self.ctx = _Context(self)
-        self.main: tuple[list[Any], list[int]] = ([], [])
-        self.sides: dict[str, tuple[list[Any], list[int]]] = {}
+        # Emitted records, their event times and the offsets of the input records that
+        # produced them (-1: made by a timer), so errors downstream name a position.
+        self.main: tuple[list[Any], list[int], list[int]] = ([], [], [])
+        self.sides: dict[str, tuple[list[Any], list[int], list[int]]] = {}
+        self.cur_offset = -1
+        self.cur_partition: str | None = None
 
     # -- timers -----------------------------------------------------------------------
     def add_timer(self, kind: int, key: Any, at_ms: int) -> None:
@@ -190,6 +198,7 @@ class ProcessOperator(Operator):
             ctx.key = key
             ctx.ts_ms = at
             ctx.watermark_ms = self.watermark_ms
+            self.cur_offset = -1
             mark = (len(self.main[0]), {s: len(v[0]) for s, v in self.sides.items()})
             try:
                 on_timer(ctx)
@@ -226,10 +235,13 @@ class ProcessOperator(Operator):
         main = self.main
         sides = self.sides
         states = self.states
+        offsets = batch.offsets
+        self.cur_partition = batch.partition
         for i, rec in enumerate(rows):
             key = keys[i] if keys is not None else None
             ctx.key = key
             ctx.ts_ms = ts[i]
+            self.cur_offset = offsets[i] if offsets is not None else -1
             mark = (len(main[0]), {s: len(v[0]) for s, v in sides.items()} if sides else None)
             try:
                 on_record(rec, ctx)
@@ -248,10 +260,12 @@ class ProcessOperator(Operator):
     def _rollback(self, mark: tuple[int, dict[str, int] | None]) -> None:
         """Forget what a failed call emitted."""
         n_main, n_sides = mark
-        del self.main[0][n_main:], self.main[1][n_main:]
-        for side, (recs, ts) in self.sides.items():
+        for column in self.main:
+            del column[n_main:]
+        for side, columns in self.sides.items():
             n = (n_sides or {}).get(side, 0)
-            del recs[n:], ts[n:]
+            for column in columns:
+                del column[n:]
 
     def _drop_if_empty(self, key: Any) -> None:
         st = self.states.get(key)
@@ -260,14 +274,17 @@ class ProcessOperator(Operator):
 
     def _flush(self) -> None:
         """Emit what the calls since the last flush produced."""
-        recs, ts = self.main
+        part = self.cur_partition
+        recs, ts, offs = self.main
         if recs:
-            self.main = ([], [])
-            self.out.emit(Batch(recs, ts, record_type=None))
-        for side, (srecs, sts) in self.sides.items():
+            self.main = ([], [], [])
+            self.out.emit(Batch(recs, ts, offsets=offs, partition=part, record_type=None))
+        for side, (srecs, sts, soffs) in self.sides.items():
             if srecs:
-                self.sides[side] = ([], [])
-                self.out.emit_side(side, Batch(srecs, sts, record_type=None))
+                self.sides[side] = ([], [], [])
+                self.out.emit_side(
+                    side, Batch(srecs, sts, offsets=soffs, partition=part, record_type=None)
+                )
         self.metrics.state_keys = len(self.states)
 
     # -- checkpoints ----------------------------------------------------------------

@@ -247,6 +247,9 @@ class Supervisor:
     def random_kills(self, n: int, rng: random.Random, *, max_delay_s: float = 2.0) -> int:
         """Kill the worker ``n`` times, each U(50 ms, max_delay_s) after a new checkpoint.
 
+        Every third kill (once a checkpoint exists) is timed from the start of the process
+        instead, so it often lands during start-up or recovery (a crash while recovering).
+
         Returns:
             how many kills landed while the worker was running (the rest found it
             finished: the workload was too short for them).
@@ -258,6 +261,19 @@ class Supervisor:
             last = 0 if meta is None else meta.id
             t_start = time.monotonic()
             self.start()
+            if meta is not None and i % 3 == 2:
+                delay = rng.uniform(0.05, max_delay_s)
+                self.history.note("sleep", f"{delay * 1000:.0f} ms after start before kill {i + 1}")
+                time.sleep(delay)
+                ex = self.kill()
+                if ex.killed:
+                    landed += 1
+                    continue
+                if ex.code != 0:
+                    raise AssertionError(
+                        f"worker failed: {ex.stderr[-2000:]}\n{self.history.dump()}"
+                    )
+                return landed
             got = self.wait_checkpoint(last)
             if got is None:
                 self.history.note("finished", f"before kill {i + 1}")

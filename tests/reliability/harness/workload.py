@@ -131,13 +131,17 @@ def generate(
     disorder_ms: int = 300,
     dup_rate: float = 0.02,
     poison_rate: float = 0.0,
+    poison_kinds: tuple[str, ...] | None = None,
 ) -> Workload:
-    """Write the input files ``in-<p>.jsonl`` into ``directory``; return the workload."""
+    """Write the input files ``in-<p>.jsonl`` into ``directory``; return the workload.
+
+    ``poison_kinds`` restricts the bad lines to these kinds (default: all, round-robin).
+    """
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     wl = Workload(seed, keys, seqs, partitions)
     names = [f"k{i:03d}" for i in range(keys)]
-    poison_names = sorted(POISON_KINDS)
+    poison_names = sorted(poison_kinds or POISON_KINDS)
     n_bad = 0
     for p in range(partitions):
         mine = names[p::partitions]

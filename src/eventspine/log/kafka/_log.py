@@ -12,6 +12,7 @@ from typing import Self, final
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
@@ -271,14 +272,28 @@ class KafkaLog:
             group, [TopicPartition(topic, p) for p in range(spec.partitions)]
         )
         timeout = self._settings.timeout_s
-        try:
-            futures = self._admin.list_consumer_group_offsets(
-                [request], require_stable=True, request_timeout=timeout
-            )
-            result = futures[group].result(timeout=timeout)
-        except KafkaException as exc:
-            raise LogError(f"cannot read the positions of group {group!r}: {exc}") from exc
-        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                futures = self._admin.list_consumer_group_offsets(
+                    [request], require_stable=True, request_timeout=timeout
+                )
+                partitions = futures[group].result(timeout=timeout).topic_partitions
+            except KafkaException as exc:
+                raise LogError(f"cannot read the positions of group {group!r}: {exc}") from exc
+            errors = [tp.error for tp in partitions if tp.error is not None]
+            if not errors:
+                return {tp.partition: tp.offset for tp in partitions if tp.offset >= 0}
+            # UNSTABLE_OFFSET_COMMIT: a transaction committed the offsets and its markers
+            # are not written yet (require_stable); they are a few milliseconds away.
+            unstable = all(e.code() == KafkaError.UNSTABLE_OFFSET_COMMIT for e in errors)
+            if not unstable or time.monotonic() > deadline:
+                raise LogError(
+                    f"cannot read the positions of group {group!r} for {topic!r}: {errors[0].str()}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     # -- transactions -------------------------------------------------------------
 

@@ -257,7 +257,10 @@ class FixedWindows(WindowOperator):
 
     def _drop(self, sk: Entry) -> None:
         del self.state[sk]
-        self._gone(sk)
+        if sk in self._saved:  # WindowOperator._gone, inlined: once per window
+            self._dirty.add(sk)
+        else:
+            self._dirty.discard(sk)
         if self.updates:
             self.counts.pop(sk, None)
             self.changed.pop(sk, None)
