@@ -87,7 +87,8 @@ def _columns(rows: list[dict[str, Any]]) -> Any:
 
     names = list(rows[0])
     try:
-        return pl.DataFrame({n: list(map(itemgetter(n), rows)) for n in names}, strict=False)
+        # strict: a column mixing types (1 and "a") is refused, not turned into text.
+        return pl.DataFrame({n: list(map(itemgetter(n), rows)) for n in names}, strict=True)
     except (KeyError, TypeError, pl.exceptions.PolarsError):
         return rows
 

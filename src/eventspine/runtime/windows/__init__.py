@@ -55,7 +55,13 @@ def make_window(
     except ImportError:
         columnar = None  # type: ignore[assignment]  # the vectorized operator is optional
     if columnar is not None and columnar.supports(step):
-        return columnar.ColumnarWindow(step, metrics, boundary, clock)
+        return columnar.ColumnarWindow(
+            step,
+            metrics,
+            boundary,
+            clock,
+            record_path=lambda: make_record_window(step, metrics, boundary, clock),
+        )
     return make_record_window(step, metrics, boundary, clock)
 
 
