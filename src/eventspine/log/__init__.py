@@ -12,7 +12,8 @@ URLs (see ``docs/log.md``):
     names the database file; any other path names a directory and the file
     is ``log.db`` inside it (``sqlite://.eventspine`` is the default
     location ``./.eventspine/log.db``). Query options: ``synchronous=NORMAL``
-    (default) or ``FULL``, ``busy_timeout_ms=5000``.
+    (default) or ``FULL``, ``busy_timeout_ms=5000``, ``check=quick`` (default),
+    ``full`` or ``none``: what is verified when the file is opened.
 ``kafka://host:port[,host:port]?option=value``
     a :class:`~eventspine.log.kafka.KafkaLog` (options in ``docs/kafka.md``).
 """
@@ -78,20 +79,24 @@ def open_log(url: str) -> Log:
         file = Path(path) if path.endswith(".db") else Path(path) / "log.db"
         synchronous = "NORMAL"
         timeout_ms = 5000
+        check = "quick"
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "synchronous" and value.upper() in ("NORMAL", "FULL"):
                 synchronous = value.upper()
             elif name == "busy_timeout_ms" and value.isdigit():
                 timeout_ms = int(value)
+            elif name == "check" and value in ("quick", "full", "none"):
+                check = value
             else:
                 raise ConfigError(
                     f"log URL {url!r}: unknown option {name}={value!r}; the options are "
-                    f"synchronous=NORMAL|FULL and busy_timeout_ms=<int>"
+                    f"synchronous=NORMAL|FULL, busy_timeout_ms=<int> and check=quick|full|none"
                 )
         return SqliteLog(
             file,
             synchronous="FULL" if synchronous == "FULL" else "NORMAL",
             busy_timeout=timedelta(milliseconds=timeout_ms),
+            check="full" if check == "full" else "none" if check == "none" else "quick",
         )
     if parts.scheme == "kafka":
         from eventspine.log.kafka import open_kafka_log  # imports confluent_kafka: only here

@@ -59,7 +59,7 @@ from eventspine.log.base import (
     TopicInfo,
     TopicSpec,
 )
-from eventspine.log.sqlite_file import BatchRow, SqliteLogFile, Synchronous
+from eventspine.log.sqlite_file import BatchRow, Check, SqliteLogFile, Synchronous
 from eventspine.timeutil import to_duration_ms
 
 __all__ = ["SqliteLog"]
@@ -77,6 +77,10 @@ class SqliteLog:
         synchronous: ``"NORMAL"`` (survives process crashes) or ``"FULL"``
             (also survives power loss); see the module docstring.
         busy_timeout: how long a write waits for another process's lock.
+        check: what is verified when the file is opened: ``"quick"`` (SQLite's
+            ``quick_check``, the default: a damaged page is refused before anything is
+            trusted, whatever the last process died of), ``"full"`` (``integrity_check``,
+            slower) or ``"none"`` (for very large logs; damage then shows when read).
         file_type: the SQL layer; tests pass a subclass to inject faults.
 
     Raises:
@@ -91,6 +95,7 @@ class SqliteLog:
         *,
         synchronous: Synchronous = "NORMAL",
         busy_timeout: timedelta = timedelta(seconds=5),
+        check: Check = "quick",
         file_type: type[SqliteLogFile] = SqliteLogFile,
     ) -> None:
         if synchronous not in get_args(Synchronous):
@@ -99,6 +104,7 @@ class SqliteLog:
         self._synchronous: Synchronous = synchronous
         self._timeout_s = to_duration_ms(busy_timeout, "busy_timeout") / 1000
         self._file_type = file_type
+        self._check: Check = check
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._topics: dict[str, tuple[int, TopicSpec]] = {}
@@ -293,7 +299,10 @@ class SqliteLog:
     def _open_file(self) -> SqliteLogFile:
         try:
             return self._file_type(
-                self._path, synchronous=self._synchronous, busy_timeout_s=self._timeout_s
+                self._path,
+                synchronous=self._synchronous,
+                busy_timeout_s=self._timeout_s,
+                check=self._check,
             )
         except sqlite3.Error as exc:
             raise self._translate(exc, "open the log") from exc

@@ -41,9 +41,11 @@ from eventspine import failpoints
 from eventspine.errors import ConfigError, LogError, StorageCorruptError
 from eventspine.log.base import TopicSpec
 
-__all__ = ["SCHEMA_VERSION", "SqliteLogFile", "Synchronous"]
+__all__ = ["SCHEMA_VERSION", "Check", "SqliteLogFile", "Synchronous"]
 
 Synchronous = Literal["NORMAL", "FULL"]
+#: What is verified when the file is opened: quick_check, integrity_check, or nothing.
+Check = Literal["quick", "full", "none"]
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x45534C47
 _MAGIC = b"SQLite format 3\x00"
@@ -91,9 +93,17 @@ class SqliteLogFile:
             written by a newer eventspine.
     """
 
-    def __init__(self, path: Path, *, synchronous: Synchronous, busy_timeout_s: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous,
+        busy_timeout_s: float,
+        check: Check = "quick",
+    ) -> None:
         self.path = path
         self._timeout = busy_timeout_s
+        self._check = check
         if synchronous not in ("NORMAL", "FULL"):  # it is put into a PRAGMA below
             raise ConfigError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self._synchronous = synchronous
@@ -161,6 +171,26 @@ class SqliteLogFile:
             raise LogError(
                 f"{self.path} was written by a newer eventspine (log schema version "
                 f"{version[0]}; this version reads up to {SCHEMA_VERSION}); upgrade eventspine"
+            )
+        if self._check != "none" and tables:
+            self._verify("quick_check" if self._check == "quick" else "integrity_check")
+
+    def _verify(self, pragma: str) -> None:
+        """Check the b-tree structure of the file before trusting it (after any crash).
+
+        Batch payloads carry their own CRC, but a damaged page of an index or of
+        the positions table would otherwise only show when (or if) it is read.
+        """
+        try:
+            rows = self._writer.execute(f"PRAGMA {pragma}(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        if rows != [("ok",)]:
+            found = "; ".join(str(r[0]) for r in rows)
+            raise StorageCorruptError(
+                f"{self.path}: the SQLite {pragma} found damage ({found}); restore the file "
+                f"from a backup, or move it away to start an empty log (this discards its "
+                f"topics, positions and pipeline state)"
             )
 
     def _create_schema(self) -> None:
