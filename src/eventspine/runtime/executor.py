@@ -203,14 +203,15 @@ class Executor:
             read = 0
             for src in plan.sources:
                 read += src.poll(self._batch)
+            if read:
+                # Only reading and pushing the batch counts: window closes have a fixed cost
+                # per iteration, and counting them would shrink batches and multiply closes.
+                self._adapt(read, time.perf_counter() - t0)
+                sleep = 0.001
             now = clock.now_ms()
-            # Window closes happen while watermarks advance: they count in the batch's time.
             self._advance_watermarks(now)
             for op in plan.operators:
                 op.on_tick(now)
-            if read:
-                self._adapt(read, time.perf_counter() - t0)
-                sleep = 0.001
             if all(src.ended for src in plan.sources):
                 self._finish()
                 return False

@@ -234,6 +234,9 @@ class ColumnarWindow(Operator):
         self._closed = MIN_TS_MS  # every window ending at or before this has been emitted
         self._next_close = _NEVER  # the earliest end of an open window holding data
         self._schema: dict[str, Any] = {}  # dtypes of the key and fields seen so far
+        # Bumped whenever the partials change; a snapshot writes them only when it moved.
+        self._version = 0
+        self._saved_version = -1
 
     # -- operator hooks ------------------------------------------------------------------
     def on_batch(self, batch: Batch, port: int) -> None:
@@ -290,27 +293,35 @@ class ColumnarWindow(Operator):
     stateful = True
 
     def snapshot_changes(self) -> list[tuple[Any, Any]]:
-        """Return the whole open state as one entry (partials are small: one row per key/pane).
+        """Return the open partials as one entry, and the close bookkeeping as another.
 
-        Queued records are folded into partial aggregates first; that is what the
-        next close would do anyway (float sums may differ in the last bits from an
-        uninterrupted run, as with any change of batch boundaries). If the record
-        path took over, its own entries are returned under a ``"delegate"`` prefix.
+        The partials (one row per key and pane) are written only when they changed
+        since the last snapshot, so an idle pipeline with large state does not
+        rewrite it at every checkpoint; the small bookkeeping entry (what has been
+        closed, the schema) is written every time. Queued records are folded into
+        partial aggregates first, as the next close would do anyway (float sums may
+        differ in the last bits from an uninterrupted run, as with any change of
+        batch boundaries). If the record path took over, its entries are returned
+        under a ``"delegate"`` prefix.
         """
         if self._delegate is not None:
             changes = self._delegate.snapshot_changes()
-            return [(("delegate", k), v) for k, v in changes] + [(("columnar",), None)]
+            gone = [(("columnar",), None), (("columnar_meta",), None)]
+            return [(("delegate", k), v) for k, v in changes] + gone
         self._fold_raw()
         if len(self._parts) > 1:
             self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
-        frame = self._parts[0].frame if self._parts else None
-        state = {
-            "frame": frame,
+        meta = {
             "closed": self._closed,
             "next_close": self._next_close,
             "schema": dict(self._schema),
         }
-        return [(("columnar",), state)]
+        out: list[tuple[Any, Any]] = [(("columnar_meta",), meta)]
+        if self._version != self._saved_version:
+            frame = self._parts[0].frame if self._parts else None
+            out.append((("columnar",), {"frame": frame}))
+            self._saved_version = self._version
+        return out
 
     def restore(self, entries: list[tuple[Any, Any]]) -> None:
         """Rebuild the open partials (or the record path's state) from a checkpoint."""
@@ -326,6 +337,7 @@ class ColumnarWindow(Operator):
             if key == ("columnar",):
                 frame = state["frame"]
                 self._parts = [] if frame is None or not frame.height else [_Part.of(frame)]
+            elif key == ("columnar_meta",):
                 self._closed = state["closed"]
                 self._next_close = state["next_close"]
                 self._schema = dict(state["schema"])
@@ -339,6 +351,7 @@ class ColumnarWindow(Operator):
         if not self._raw:
             return
         raw = self._raw[0] if len(self._raw) == 1 else pl.concat(self._raw, how="vertical_relaxed")
+        self._version += 1
         self._raw = []
         self._raw_rows = 0
         part = raw.group_by([KEY_COL, _PANE]).agg(self._layout.partial)
@@ -416,6 +429,10 @@ class ColumnarWindow(Operator):
             f = p.frame.filter(alive)
             if f.height:
                 parts.append(_Part.of(f))
+        if len(parts) != len(self._parts) or any(
+            a is not b for a, b in zip(parts, self._parts, strict=True)
+        ):
+            self._version += 1
         self._parts = parts
         after = geo.end_after(wm)
         self._next_close = min(
