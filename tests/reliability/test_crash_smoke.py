@@ -12,9 +12,8 @@ oracle computes, record for record and in order.
 
 The window step runs on each of its two operators: the record-at-a-time one
 (forced by a 1 ms allowed lateness, which changes nothing for this input) and
-the vectorized one. The vectorized case is an expected failure for as long as
-``ColumnarWindow`` does not checkpoint its state (``stateful`` is false): its
-open windows are then lost at every restart.
+the vectorized one (which checkpoints its partial aggregates). Both must equal
+the oracle.
 
 Replay a failure with ``RELIABILITY_SEED=<seed>`` (the seed is in the message).
 """
@@ -103,11 +102,6 @@ def size(path: Path) -> int:
 
 @pytest.mark.parametrize("window_path", ["record", "vectorized"])
 def test_kill9_five_times_then_output_equals_the_oracle(tmp_path: Path, window_path: str) -> None:
-    if window_path == "vectorized":
-        from eventspine.runtime.windows.columnar import ColumnarWindow
-
-        if not ColumnarWindow.stateful:
-            pytest.xfail("ColumnarWindow keeps no checkpointed state yet (stateful = False)")
     seed = int(os.environ.get("RELIABILITY_SEED") or random.randrange(1 << 31))
     rnd = random.Random(seed)
     records = make_input(seed)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from eventspine import failpoints
-from eventspine.dataflow.steps import SourceStep
 from eventspine.errors import StateError
 from eventspine.log.base import LogRecord, TopicSpec
 from eventspine.runtime.operator import DeadLetterEntry, Operator
@@ -119,6 +118,7 @@ class Checkpointer:
         self._records_since = 0
         self._records_total = 0
         self._dead_sent = 0
+        self.dead_letters_committed = 0
         self.stateful: list[Operator] = [op for op in plan.operators if op.stateful]
         steps = plan.pipeline.steps
         lost = [
@@ -163,13 +163,23 @@ class Checkpointer:
         self.ensure_topics()
         meta = self.last_meta()
         failpoints.hit("recovery.before_restore")
+        if meta is not None:
+            # Refuse before any output file is touched (recovering a sink truncates it).
+            self._check_signature(meta)
+            orphans = set(meta.sinks) - {s.name for s in self.plan.sinks}
+            if orphans:
+                raise StateError(
+                    f"checkpoint {meta.id} of pipeline '{self.pipeline}' holds the output of "
+                    f"sink(s) {', '.join(sorted(orphans))} that this pipeline no longer has "
+                    f"(renamed or removed). Run the version that wrote it, or start fresh with "
+                    f"`eventspine state reset {self.pipeline}`"
+                )
         for sink in self.plan.sinks:
             recover = getattr(sink.writer, "recover", None)
             if recover is not None:
                 recover(None if meta is None else meta.sinks.get(sink.name))
         if meta is None:
             return None
-        self._check_signature(meta)
         for op in self.stateful:
             entries = self._read_changelog(op.name)
             op.restore(entries)
@@ -264,6 +274,9 @@ class Checkpointer:
         failpoints.hit("ckpt.before_begin")
         intents: dict[str, Any] = {}
         for sink in self.plan.sinks:
+            # The SinkWriter contract: what a sink was given is durable (per its guarantee)
+            # before the positions past those records commit. Two-phase sinks only stage here.
+            sink.flush()
             prepare = getattr(sink.writer, "prepare", None)
             if prepare is not None:
                 intents[sink.name] = prepare(ckpt)
@@ -297,6 +310,10 @@ class Checkpointer:
             )
             failpoints.hit("ckpt.before_commit")
         failpoints.hit("ckpt.after_commit_before_ack")
+        # Committed dead letters live in the log now; keep memory bounded on long runs.
+        self.dead_letters_committed += self._dead_sent
+        del self.plan.dead_letters.entries[: self._dead_sent]
+        self._dead_sent = 0
         for sink in self.plan.sinks:
             publish = getattr(sink.writer, "publish", None)
             if publish is not None:
@@ -422,6 +439,4 @@ def _signature(plan: Plan) -> dict[str, str]:
     for name, step in plan.pipeline.steps.items():
         if step.stateful:
             sig[name] = step.signature
-    for src in plan.sources:
-        assert isinstance(src.step, SourceStep)
     return sig

@@ -3,10 +3,12 @@
 One iteration: poll every source partition for whatever is ready (at most
 ``batch_size`` records, adapted so a batch takes about ``latency_budget``
 to process), push each batch through the operator graph, advance watermarks
-in topological order, tick processing-time timers, and flush sinks on their
-interval. When nothing was read the loop sleeps briefly (1 ms, backing off
+in topological order, and tick processing-time timers (sink operators flush on
+their interval then). With a log, a checkpoint is taken when its policy says so.
+When nothing was read the loop sleeps briefly (1 ms, backing off
 to 10 ms) so an idle pipeline costs almost no CPU yet reacts within
-milliseconds. Bounded inputs end the run: the watermark goes to +infinity,
+milliseconds. With a log, every sink is also flushed at each checkpoint, before
+the positions past its records commit. Bounded inputs end the run: the watermark goes to +infinity,
 every open window is flushed, sinks are flushed and closed.
 """
 
@@ -157,7 +159,7 @@ class Executor:
             finally:
                 self.close()
         self.inspector.finished = True
-        self.inspector.checkpoints = 0 if ckpt is None else ckpt.checkpoint_id
+        self.inspector.checkpoints = 0 if ckpt is None else len(ckpt.durations_s)
         return RunResult(
             self.inspector,
             self.plan.dead_letters,
