@@ -211,6 +211,16 @@ class Batch:
             rows, ts, keys=keys, offsets=offsets, partition=self.partition, record_type=None
         )
 
+    def take(self, indices: Sequence[int]) -> Batch:
+        """Return a row batch of the records at ``indices``, in that order."""
+        rows, ts, keys, offs = self.rows, self.ts, self.keys, self.offsets
+        return self.with_rows(
+            [rows[i] for i in indices],
+            [ts[i] for i in indices],
+            None if keys is None else [keys[i] for i in indices],
+            None if offs is None else [offs[i] for i in indices],
+        )
+
     def with_frame(self, frame: pl.DataFrame, record_type: type | None = dict) -> Batch:
         """Return a new columnar batch from the same partition."""
         return Batch(frame=frame, partition=self.partition, record_type=record_type)

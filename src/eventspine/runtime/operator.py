@@ -108,6 +108,13 @@ class Operator:
     def on_end(self) -> None:
         """All inputs have ended; flush what is left (default: nothing)."""
 
+    def emit_late(self, batch: Batch, indices: list[int]) -> None:
+        """Count the records at ``indices`` as late and send them to side output ``late``."""
+        if not indices:
+            return
+        self.metrics.late += len(indices)
+        self.out.emit_side("late", batch.take(indices))
+
     # -- state for checkpoints -------------------------------------------------------
     #: Whether the operator keeps state that must survive a restart.
     stateful = False

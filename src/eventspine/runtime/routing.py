@@ -40,7 +40,7 @@ class SplitOperator(Operator):
 
     def on_batch(self, batch: Batch, port: int) -> None:
         """Partition the batch by branch and emit each part to its side output."""
-        rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
+        rows = batch.rows
         names = [b for b, _ in self.branches] + ["default"]
         parts: dict[str, list[int]] = {b: [] for b in names}
         for i, r in enumerate(rows):
@@ -56,15 +56,7 @@ class SplitOperator(Operator):
             parts[target].append(i)
         for b, idx in parts.items():
             if idx:
-                self.out.emit_side(
-                    b,
-                    batch.with_rows(
-                        [rows[i] for i in idx],
-                        [ts[i] for i in idx],
-                        None if keys is None else [keys[i] for i in idx],
-                        None if offs is None else [offs[i] for i in idx],
-                    ),
-                )
+                self.out.emit_side(b, batch.take(idx))
 
 
 class EnrichOperator(Operator):

@@ -68,6 +68,23 @@ class _MsgspecCodec:
         name = "None" if self.type is None else self.type.__name__
         return f"{self.__class__.__name__}(type={name})"
 
+    _enc: msgspec.json.Encoder | msgspec.msgpack.Encoder
+    _dec: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+
+    def encode(self, value: Any) -> bytes:
+        """Return ``value`` in the codec's format (raises ``SinkError`` if it has none)."""
+        try:
+            return self._enc.encode(value)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise self._encode_error(value, exc) from exc
+
+    def decode(self, data: bytes) -> Any:
+        """Return the decoded value (raises only ``DecodeError``)."""
+        try:
+            return self._dec.decode(data)
+        except Exception as exc:  # a trust boundary: any failure on outside bytes is a DecodeError
+            raise self._decode_error(exc) from exc
+
     def _decode_error(self, exc: BaseException) -> DecodeError:
         return DecodeError(self._describe(exc))
 
@@ -122,20 +139,6 @@ class JsonCodec(_MsgspecCodec):
         self._enc = msgspec.json.Encoder()
         self._dec: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self._target)
 
-    def encode(self, value: Any) -> bytes:
-        """Return ``value`` as JSON bytes (raises ``SinkError`` if it has no JSON form)."""
-        try:
-            return self._enc.encode(value)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise self._encode_error(value, exc) from exc
-
-    def decode(self, data: bytes) -> Any:
-        """Return the decoded value (raises only ``DecodeError``)."""
-        try:
-            return self._dec.decode(data)
-        except Exception as exc:  # a trust boundary: any failure on outside bytes is a DecodeError
-            raise self._decode_error(exc) from exc
-
 
 @final
 class MsgpackCodec(_MsgspecCodec):
@@ -147,20 +150,6 @@ class MsgpackCodec(_MsgspecCodec):
         super().__init__(type)
         self._enc = msgspec.msgpack.Encoder()
         self._dec: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self._target)
-
-    def encode(self, value: Any) -> bytes:
-        """Return ``value`` as MessagePack bytes (raises ``SinkError`` if it cannot be)."""
-        try:
-            return self._enc.encode(value)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise self._encode_error(value, exc) from exc
-
-    def decode(self, data: bytes) -> Any:
-        """Return the decoded value (raises only ``DecodeError``)."""
-        try:
-            return self._dec.decode(data)
-        except Exception as exc:  # a trust boundary: any failure on outside bytes is a DecodeError
-            raise self._decode_error(exc) from exc
 
 
 @final

@@ -108,21 +108,8 @@ class AsofJoinOperator(Operator):
             self.compactable.add(k)
         self.seq = seq
         if late:
-            self._emit_late(batch, late)
+            self.emit_late(batch, late)
         self.metrics.state_keys = len(tables)
-
-    def _emit_late(self, batch: Batch, late: list[int]) -> None:
-        self.metrics.late += len(late)
-        rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
-        self.out.emit_side(
-            "late",
-            batch.with_rows(
-                [rows[i] for i in late],
-                [ts[i] for i in late],
-                None if keys is None else [keys[i] for i in late],
-                None if offs is None else [offs[i] for i in late],
-            ),
-        )
 
     def on_watermark(self, wm_ms: int) -> None:
         """Emit the stream records whose time the watermark has passed; compact histories."""

@@ -192,23 +192,10 @@ class IntervalJoinOperator(Operator):
             self._buffer(port, k, entry)
         self.seq = seq
         if late:
-            self._emit_late(batch, late)
+            self.emit_late(batch, late)
         if out_rows:
             self.out.emit(Batch(out_rows, out_ts, keys=out_keys, record_type=None))
         self.metrics.state_keys = len(self.buffers[0]) + len(self.buffers[1])
-
-    def _emit_late(self, batch: Batch, late: list[int]) -> None:
-        self.metrics.late += len(late)
-        rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
-        self.out.emit_side(
-            "late",
-            batch.with_rows(
-                [rows[i] for i in late],
-                [ts[i] for i in late],
-                None if keys is None else [keys[i] for i in late],
-                None if offs is None else [offs[i] for i in late],
-            ),
-        )
 
     # -- time ---------------------------------------------------------------------------
     def on_watermark(self, wm_ms: int) -> None:

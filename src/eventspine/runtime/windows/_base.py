@@ -237,19 +237,7 @@ class WindowOperator(Operator):
     # -- late records and ticks ----------------------------------------------------
     def late(self, batch: Batch, indices: list[int]) -> None:
         """Count records later than the allowed lateness and send them to side output ``late``."""
-        if not indices:
-            return
-        self.metrics.late += len(indices)
-        rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
-        self.out.emit_side(
-            "late",
-            batch.with_rows(
-                [rows[i] for i in indices],
-                [ts[i] for i in indices],
-                None if keys is None else [keys[i] for i in indices],
-                None if offs is None else [offs[i] for i in indices],
-            ),
-        )
+        self.emit_late(batch, indices)
 
     def tick(self, wm_ms: int) -> bool:
         """In ``EveryInterval`` mode: whether ``wm_ms`` crossed an interval boundary.

@@ -447,24 +447,13 @@ class ColumnarWindow(Operator):
         self.metrics.state_keys = sum(p.frame.height for p in self._parts) + self._raw_rows
 
     def _emit_late(self, batch: Batch, late: pl.Series) -> None:
-        n = int(late.sum())
-        self.metrics.late += n
         if batch.is_columnar:
+            self.metrics.late += int(late.sum())
             self.out.emit_side(
                 "late", batch.with_frame(batch.frame.filter(late), batch.record_type)
             )
             return
-        idx = [i for i, bad in enumerate(late.to_list()) if bad]
-        rows, ts, keys, offs = batch.rows, batch.ts, batch.keys, batch.offsets
-        self.out.emit_side(
-            "late",
-            batch.with_rows(
-                [rows[i] for i in idx],
-                [ts[i] for i in idx],
-                None if keys is None else [keys[i] for i in idx],
-                None if offs is None else [offs[i] for i in idx],
-            ),
-        )
+        self.emit_late(batch, [i for i, bad in enumerate(late.to_list()) if bad])
 
     def _fall_back(self, reason: str, batch: Batch, port: int) -> None:
         """Hand the stream to the record path, or fail if columnar state is open."""
