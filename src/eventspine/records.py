@@ -256,17 +256,3 @@ class Batch:
         else:
             self._rows = dicts
         self.ts  # noqa: B018  (fills the cache)
-
-
-def concat_rows(batches: Sequence[Batch]) -> Batch:
-    """Return one row batch holding the records of ``batches`` in order."""
-    rows: list[Any] = []
-    ts: list[int] = []
-    keyed = all(b.keys is not None for b in batches) and bool(batches)
-    keys: list[Any] | None = [] if keyed else None
-    for b in batches:
-        rows.extend(b.rows)
-        ts.extend(b.ts)
-        if keys is not None:
-            keys.extend(b.keys or ())
-    return Batch(rows, ts, keys=keys, partition=None, record_type=None)

@@ -4,7 +4,6 @@ Snippets of one document run in order in one namespace (so a later snippet
 may use what an earlier one defined), in a fresh temporary directory.
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -35,13 +34,11 @@ def test_doc_snippets_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_examples_run(example: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "EVENTSPINE_EXAMPLE_SMALL": "1"}
     out = subprocess.run(
         [sys.executable, str(example)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -7,7 +7,7 @@ them according to the contracts in the docstrings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, final
@@ -264,8 +264,3 @@ class Processor(Protocol):
     def on_timer(self, ctx: ProcessContext) -> None:
         """Handle a timer."""
         ...
-
-
-def describe_sides(sides: Mapping[str, Any]) -> str:
-    """Return a human list of side output names (for error messages)."""
-    return ", ".join(sorted(sides)) or "none"

@@ -37,7 +37,7 @@ import msgspec
 
 from eventspine import failpoints
 from eventspine.errors import StateError
-from eventspine.log.base import LogRecord, TopicSpec
+from eventspine.log.base import LogRecord, TopicInfo, TopicSpec
 from eventspine.runtime.operator import DeadLetterEntry, Operator
 from eventspine.serde.state import decode_state, encode_state
 from eventspine.timeutil import Clock, to_duration_ms
@@ -112,6 +112,7 @@ class Checkpointer:
         self.pipeline = plan.pipeline.name
         self.checkpoint_id = 0
         self.restored_from: int | None = None
+        self._restored: CheckpointMeta | None = None
         self._interval_s = to_duration_ms(policy.interval) / 1000
         self._last = clock.monotonic()
         self._last_retention = self._last
@@ -119,6 +120,7 @@ class Checkpointer:
         self._records_total = 0
         self._dead_sent = 0
         self.dead_letters_committed = 0
+        self._dead_topics: set[str] = set()  # dead-letter topics known to exist
         self.stateful: list[Operator] = [op for op in plan.operators if op.stateful]
         steps = plan.pipeline.steps
         lost = [
@@ -180,9 +182,9 @@ class Checkpointer:
                 recover(None if meta is None else meta.sinks.get(sink.name))
         if meta is None:
             return None
+        topics = self.log.topics()
         for op in self.stateful:
-            entries = self._read_changelog(op.name)
-            op.restore(entries)
+            op.restore(self._read_changelog(op.name, topics))
         by_name = {src.name: src for src in self.plan.sources}
         for step, positions in meta.positions.items():
             src = by_name[step]
@@ -201,14 +203,14 @@ class Checkpointer:
                 op.watermark_ms = wm
         self.checkpoint_id = meta.id
         self.restored_from = meta.id
+        self._restored = meta
         self._records_total = meta.records_read
         failpoints.hit("recovery.after_restore")
         return meta.id
 
     def restored_watermarks(self) -> dict[str, int]:
         """The operator watermarks of the checkpoint resumed from (empty on a fresh start)."""
-        meta = self.last_meta() if self.restored_from is not None else None
-        return {} if meta is None else dict(meta.watermarks)
+        return {} if self._restored is None else dict(self._restored.watermarks)
 
     def _check_signature(self, meta: CheckpointMeta) -> None:
         old, new = meta.signature, self.signature
@@ -229,10 +231,10 @@ class Checkpointer:
                     f"`eventspine state reset {self.pipeline}`"
                 )
 
-    def _read_changelog(self, step: str) -> list[tuple[Any, Any]]:
+    def _read_changelog(self, step: str, topics: Mapping[str, TopicInfo]) -> list[tuple[Any, Any]]:
         topic = names.changelog(self.pipeline, step)
         latest: dict[bytes, bytes | None] = {}
-        info = self.log.topics()[topic]
+        info = topics[topic]
         for po in info.offsets:
             offset = po.log_start
             while offset < po.end:
@@ -369,10 +371,13 @@ class Checkpointer:
             by_topic.setdefault(e.topic, []).append(
                 LogRecord(e.step.encode(), dead_letter_value(e, ckpt), self.clock.now_ms())
             )
-        existing = self.log.topics()
-        for topic, records in by_topic.items():
-            if topic not in existing:
+        missing = set(by_topic) - self._dead_topics
+        if missing:
+            existing = self.log.topics()
+            for topic in missing - set(existing):
                 self.log.create_topic(TopicSpec(topic))
+            self._dead_topics |= missing
+        for topic, records in by_topic.items():
             txn.append(topic, 0, records)
         self._dead_sent = len(entries)
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from eventspine.dataflow.expr import Expr
 from eventspine.dataflow.ports import SourceReader
 from eventspine.dataflow.steps import SourceStep
-from eventspine.errors import DefinitionError
 from eventspine.records import OFF_COL, TS_COL, Batch, field_getter
 from eventspine.runtime.operator import ErrorBoundary, Output
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, to_ms
@@ -290,9 +289,3 @@ def _err_offset(err: Any) -> int | None:
         tail = pos.rsplit("@", 1)[1]
         return int(tail) if tail.isdigit() else None
     return None
-
-
-def check_source(step: SourceStep) -> None:
-    """Reject source definitions the runtime cannot honour."""
-    if not hasattr(step.source, "record_type"):
-        raise DefinitionError(f"step '{step.name}': the source has no record_type attribute")
