@@ -22,7 +22,8 @@
    includes the markers has committed (interpreter start, imports, recovery,
    reading the markers, and the checkpoint itself; the first checkpoint cannot
    come earlier than 1 s after the executor is built). Repeated ``--reps`` times
-   (kill -9 again each time). Then ``Checkpointer.recover()`` is timed in
+   (kill -9 again each time; the poller opens the log with ``check=none`` so it
+   does not compete for the CPU with an SQLite quick_check). Then ``Checkpointer.recover()`` is timed in
    process on the same state (the precise figure), ``--reps`` times, and profiled
    once with cProfile. State size: changelog records and the database size.
 
@@ -285,11 +286,16 @@ def append_markers(path: str, t0: int, n: int, round_: int) -> None:
 
 
 def meta_of(url: str) -> Any:
-    """The last committed checkpoint meta of the recovery pipeline (or ``None``)."""
+    """The last committed checkpoint meta of the recovery pipeline (or ``None``).
+
+    The log is opened with ``check=none``: this poller runs every 20 ms beside the
+    measured process, and an SQLite ``quick_check`` of the whole file each time
+    would take a CPU core away from it (2 shared cores).
+    """
     from eventspine.log import open_log
     from eventspine.runtime.checkpoint import read_last_meta
 
-    log = open_log(url)
+    log = open_log(f"{url}?check=none")
     try:
         return read_last_meta(log, RECOVERY_PIPELINE)
     finally:
@@ -466,12 +472,14 @@ def recover_in_process(
     """Time ``Checkpointer.recover()`` (and the executor build) on the saved state.
 
     With ``profile``, one more run is profiled and followed by one timed
-    checkpoint of the whole restored state (what each checkpoint of a busy run costs).
+    checkpoint that rewrites the whole restored state (the vectorized window's new
+    base; a busy run writes one every few checkpoints, deltas in between).
     """
     import runpy
 
     from eventspine.runtime.checkpoint import CheckpointPolicy
     from eventspine.runtime.executor import Executor, RunOptions
+    from eventspine.runtime.windows.columnar import ColumnarWindow
 
     os.environ.update(env)
     pipeline = runpy.run_path(os.path.join(work, "pipe.py"))["pipeline"]
@@ -508,6 +516,11 @@ def recover_in_process(
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(14)
             out["recover_profile"] = buf.getvalue()
+            # A restored window writes only what changes; make it write its whole state
+            # as a new base (what a busy run does every few checkpoints): the worst case.
+            for op in ex.plan.operators:
+                if isinstance(op, ColumnarWindow):
+                    op._pending = None
             prof = cProfile.Profile()
             c0 = time.perf_counter()
             prof.enable()

@@ -42,6 +42,11 @@ MAX_BATCH_BYTES = 4 << 20
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[StoredRecord])
+#: Decodes a body's keys, offsets and ts without copying values or headers (compaction).
+_KEYS_DECODER = msgspec.msgpack.Decoder(
+    list[tuple[bytes | None, msgspec.Raw, int, msgspec.Raw, int]]
+)
+_NIL = b"\xc0"  # msgpack nil: the value of a tombstone
 _FIELDS = ("key", "value", "ts_ms", "headers", "offset")
 _PATH = re.compile(r"\$\[(\d+)\](?:\[(\d+)\])?")
 _TS = itemgetter(2)
@@ -183,6 +188,15 @@ def encode_stored(records: list[StoredRecord]) -> EncodedBatch:
     return EncodedBatch(records[0].offset, records[-1].offset, max_ts, payload, size, records)
 
 
+class KeyEntry(NamedTuple):
+    """What compaction needs to know about one stored record."""
+
+    key: bytes | None
+    offset: int
+    ts_ms: int
+    tombstone: bool
+
+
 def unframe(payload: bytes, base_offset: int, last_offset: int, count: int) -> list[StoredRecord]:
     """Check and decode a stored batch.
 
@@ -190,6 +204,40 @@ def unframe(payload: bytes, base_offset: int, last_offset: int, count: int) -> l
         BadBatchError: the version is unknown, the CRC does not match, or the
             records do not match the batch's offsets and count.
     """
+    body = _checked_body(payload)
+    try:
+        records = _DECODER.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadBatchError(f"undecodable records ({exc})") from None
+    if len(records) != count or not records:
+        raise BadBatchError("records do not match the batch's offsets")
+    _check_offsets(records[0].offset, records[-1].offset, base_offset, last_offset)
+    return records
+
+
+def unframe_keys(payload: bytes, base_offset: int, last_offset: int, count: int) -> list[KeyEntry]:
+    """Check a stored batch like :func:`unframe`; return its records' keys, offsets and ts only.
+
+    Values are not copied (a batch holding one large state value costs its CRC only).
+
+    Raises:
+        BadBatchError: as :func:`unframe`.
+    """
+    body = _checked_body(payload)
+    try:
+        rows = _KEYS_DECODER.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadBatchError(f"undecodable records ({exc})") from None
+    if len(rows) != count or not rows:
+        raise BadBatchError("records do not match the batch's offsets")
+    _check_offsets(rows[0][4], rows[-1][4], base_offset, last_offset)
+    return [
+        KeyEntry(key, offset, ts, len(value) == 1 and bytes(value) == _NIL)
+        for key, value, ts, _headers, offset in rows
+    ]
+
+
+def _checked_body(payload: bytes) -> memoryview:
     if len(payload) < HEADER.size:
         raise BadBatchError(f"the batch is {len(payload)} bytes, shorter than its header")
     version, crc = HEADER.unpack_from(payload)
@@ -198,15 +246,9 @@ def unframe(payload: bytes, base_offset: int, last_offset: int, count: int) -> l
     body = memoryview(payload)[HEADER.size :]
     if zlib.crc32(body) != crc:
         raise BadBatchError("CRC-32 mismatch")
-    try:
-        records = _DECODER.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BadBatchError(f"undecodable records ({exc})") from None
-    if (
-        len(records) != count
-        or not records
-        or records[0].offset != base_offset
-        or records[-1].offset != last_offset
-    ):
+    return body
+
+
+def _check_offsets(first: int, last: int, base_offset: int, last_offset: int) -> None:
+    if first != base_offset or last != last_offset:
         raise BadBatchError("records do not match the batch's offsets")
-    return records

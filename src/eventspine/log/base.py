@@ -307,8 +307,10 @@ class Log(Protocol):
         """Apply compaction and time/size retention to every partition now.
 
         Called periodically by the runtime (for example after checkpoints);
-        it never runs implicitly during appends. It may advance log starts
-        and removes superseded records of compacted topics; ends never move.
+        backends may also compact on their own at any time, as Kafka does
+        (SqliteLog compacts a changelog inside the append that doubles it);
+        readers must tolerate gaps. It may advance log starts and removes
+        superseded records of compacted topics; ends never move.
         A backend whose server does this by itself (Kafka) does nothing.
         """
         ...

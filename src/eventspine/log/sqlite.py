@@ -11,6 +11,17 @@ records). Every read checks the CRC; a mismatch raises
 ``StorageCorruptError`` naming the file, the topic, the partition and the
 offsets. All SQL is in :class:`~eventspine.log.sqlite_file.SqliteLogFile`.
 
+**Compaction.** A compacted partition is compacted inside the very
+transaction that appends to it once the bytes appended since its last
+compaction reach the bytes it held after it (and at least
+``COMPACT_MIN_BYTES``): a changelog then holds at most about twice its live
+state plus one checkpoint's changes, so a restore reads a bounded amount, and
+a crash at any point leaves either the old batches or the compacted ones,
+never a mix. ``enforce_retention`` also compacts any partition with appends
+since its last compaction, as before. Compaction reads only the keys of the
+records (a batch holding one large value costs its CRC check); only batches
+that keep some but not all of their records are decoded and re-encoded.
+
 **Crash model.** ``append`` and a transaction's commit return after the
 SQLite transaction commits in WAL mode. With ``synchronous="NORMAL"`` (the
 default) a committed write survives a crash of the process (kill -9, OOM,
@@ -45,11 +56,13 @@ from eventspine.log._checks import check_in_range, check_partition, check_read, 
 from eventspine.log._codec import (
     BadBatchError,
     EncodedBatch,
+    KeyEntry,
     encode_records,
     encode_stored,
     unframe,
+    unframe_keys,
 )
-from eventspine.log._retention import BatchSummary, compact_batch, expired_prefix, latest_offsets
+from eventspine.log._retention import BatchSummary, expired_prefix
 from eventspine.log._txn import BufferedTransaction, Pending
 from eventspine.log.base import (
     LogRecord,
@@ -62,9 +75,11 @@ from eventspine.log.base import (
 from eventspine.log.sqlite_file import BatchRow, Check, SqliteLogFile, Synchronous
 from eventspine.timeutil import to_duration_ms
 
-__all__ = ["SqliteLog"]
+__all__ = ["COMPACT_MIN_BYTES", "SqliteLog"]
 
 _OFFSET = attrgetter("offset")
+#: A compacted partition is compacted on append only once this many bytes were appended.
+COMPACT_MIN_BYTES = 4 << 20
 
 
 @final
@@ -108,6 +123,10 @@ class SqliteLog:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._topics: dict[str, tuple[int, TopicSpec]] = {}
+        # Per compacted (topic id, partition): [bytes kept by the last compaction, bytes
+        # appended since], loaded from the file on first use; a heuristic only (it decides
+        # when to compact, never what survives), dropped after any failed write.
+        self._sizes: dict[tuple[int, int], list[int]] = {}
         self._closed = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +162,7 @@ class SqliteLog:
             tid, _spec = self._lookup(name)
             f.delete_topic(tid)
             del self._topics[name]
+            self._sizes.clear()
 
     def topics(self) -> dict[str, TopicInfo]:
         """Return every topic with its partitions' committed offsets (see ``Log``)."""
@@ -162,7 +182,10 @@ class SqliteLog:
             with self._reading("read an end offset") as f:
                 return f.bounds(tid, partition)[1]
         with self._writing(f"append to {topic}[{partition}]") as f:
-            return self._append(f, tid, spec, partition, records)
+            first = self._append(f, tid, spec, partition, records)
+            if spec.compacted:
+                self._compact_if_due(f, tid, spec, partition)
+            return first
 
     def _append(
         self,
@@ -178,6 +201,12 @@ class SqliteLog:
         for batch in batches:
             _insert(f, tid, partition, batch)
         f.set_partition_state(tid, partition, log_start, batches[-1].last_offset + 1, cleaned_end)
+        if spec.compacted:
+            sizes = self._sizes.get((tid, partition))
+            if sizes is None:  # read after the insert: the new batches count as appended
+                self._sizes[(tid, partition)] = list(f.partition_bytes(tid, partition))
+            else:
+                sizes[1] += sum(b.size for b in batches)
         return end
 
     def read(
@@ -226,12 +255,17 @@ class SqliteLog:
 
     def _commit(self, pending: Pending) -> None:
         with self._writing("commit a transaction") as f:
+            compacted: list[tuple[int, TopicSpec, int]] = []
             for (topic, partition), records in pending.appends.items():
                 if records:
                     tid, spec = self._lookup(topic)
                     self._append(f, tid, spec, partition, records)
+                    if spec.compacted:
+                        compacted.append((tid, spec, partition))
             for (group, topic), positions in pending.positions.items():
                 f.upsert_positions(group, self._lookup(topic)[0], positions)
+            for tid, spec, partition in compacted:
+                self._compact_if_due(f, tid, spec, partition)
 
     def enforce_retention(self) -> None:
         """Compact and apply retention, one SQLite transaction per partition (see ``Log``)."""
@@ -243,37 +277,77 @@ class SqliteLog:
 
     def _retain(self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int) -> None:
         log_start, end, cleaned_end = f.partition_state(tid, partition)
-        rows = f.batch_rows(tid, partition)
-        if not rows:
-            return
         if spec.compacted and cleaned_end != end:
-            cutoff = max(row[3] for row in rows) - spec.tombstone_retention_ms
-            latest = latest_offsets(self._batch_records(f, tid, spec, partition, rows))
-            batches = self._batch_records(f, tid, spec, partition, rows)
-            for (last, *_), records in zip(rows, batches, strict=True):
-                survivors = compact_batch(records, latest, cutoff)
-                if survivors is not None:
-                    f.delete_batch(tid, partition, last)
-                    if survivors:
-                        _insert(f, tid, partition, encode_stored(survivors))
+            self._compact(f, tid, spec, partition)
             cleaned_end = end
-            f.set_partition_state(tid, partition, log_start, end, cleaned_end)
-            rows = f.batch_rows(tid, partition)
+        rows = f.batch_rows(tid, partition)
         deleted = expired_prefix([BatchSummary(r[0], r[3], r[4]) for r in rows], spec)
         if deleted:
             last_deleted = rows[deleted - 1][0]
             f.delete_batches_through(tid, partition, last_deleted)
             log_start = max(log_start, last_deleted + 1)
             f.set_partition_state(tid, partition, log_start, end, cleaned_end)
+            self._sizes.pop((tid, partition), None)
 
-    def _batch_records(
-        self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int, rows: list[BatchRow]
-    ) -> Iterator[list[StoredRecord]]:
-        for last, base, count, _, _ in rows:
-            try:
-                yield unframe(f.batch_payload(tid, partition, last), base, last, count)
-            except BadBatchError as exc:
-                raise self._corrupt(spec.name, partition, base, last, str(exc)) from None
+    def _compact_if_due(self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int) -> None:
+        """Compact the partition if as many bytes were appended as its last compaction kept."""
+        clean, dirty = self._sizes.get((tid, partition)) or f.partition_bytes(tid, partition)
+        if dirty >= max(clean, COMPACT_MIN_BYTES):
+            self._compact(f, tid, spec, partition)
+
+    def _compact(self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int) -> None:
+        """Keep the latest record of each key (the rules of ``_retention``), in ``f``'s transaction.
+
+        Two passes over the keys (nothing but the latest offsets is held in memory);
+        only batches that keep some of their records are decoded in full.
+        """
+        log_start, end, _cleaned = f.partition_state(tid, partition)
+        rows = f.batch_rows(tid, partition)
+        kept_bytes = 0
+        if rows:
+            cutoff = max(row[3] for row in rows) - spec.tombstone_retention_ms
+            latest: dict[bytes | None, int] = {}
+            for row in rows:
+                for e in self._keys(f, tid, spec, partition, row):
+                    latest[e.key] = e.offset
+            for row in rows:
+                last, _base, _count, _ts, size = row
+                keep = {
+                    e.offset
+                    for e in self._keys(f, tid, spec, partition, row)
+                    if latest[e.key] == e.offset and (not e.tombstone or e.ts_ms >= cutoff)
+                }
+                if len(keep) == row[2]:
+                    kept_bytes += size
+                    continue
+                survivors = [
+                    r for r in self._records(f, tid, spec, partition, row) if r.offset in keep
+                ]
+                f.delete_batch(tid, partition, last)
+                if survivors:
+                    batch = encode_stored(survivors)
+                    _insert(f, tid, partition, batch)
+                    kept_bytes += batch.size
+        f.set_partition_state(tid, partition, log_start, end, end)
+        self._sizes[(tid, partition)] = [kept_bytes, 0]
+
+    def _keys(
+        self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int, row: BatchRow
+    ) -> list[KeyEntry]:
+        last, base, count, _, _ = row
+        try:
+            return unframe_keys(f.batch_payload(tid, partition, last), base, last, count)
+        except BadBatchError as exc:
+            raise self._corrupt(spec.name, partition, base, last, str(exc)) from None
+
+    def _records(
+        self, f: SqliteLogFile, tid: int, spec: TopicSpec, partition: int, row: BatchRow
+    ) -> list[StoredRecord]:
+        last, base, count, _, _ = row
+        try:
+            return unframe(f.batch_payload(tid, partition, last), base, last, count)
+        except BadBatchError as exc:
+            raise self._corrupt(spec.name, partition, base, last, str(exc)) from None
 
     def close(self) -> None:
         """Close the database connections; calling it again does nothing."""
@@ -327,9 +401,11 @@ class SqliteLog:
                 yield f
                 f.commit()
             except sqlite3.Error as exc:
+                self._sizes.clear()
                 self._reset(f)
                 raise self._translate(exc, what) from exc
             except BaseException:
+                self._sizes.clear()
                 try:
                     f.rollback()
                 except sqlite3.Error:

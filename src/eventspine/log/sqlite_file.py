@@ -52,6 +52,9 @@ _MAGIC = b"SQLite format 3\x00"
 _PAGE_SIZE = 16384  # measured: 4 KiB pages cost 1.8x more per batch (overflow chains)
 _CHECKPOINT_BYTES = 8 << 20  # ask the checkpoint thread to run after this much is written
 _WRITER_CHECKPOINT_PAGES = 16384  # 256 MiB: the writer checkpoints itself only past this
+# After a checkpoint, a WAL file larger than this is truncated to it when it is reused, so
+# one burst of large writes (a state rewrite) does not leave a large file to scan at open.
+_WAL_KEEP_BYTES = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -113,6 +116,7 @@ class SqliteLogFile:
             self._writer = self._connect(opened)
             self._prepare()
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")
+            self._writer.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
             self._reader = self._connect(opened)
             self._reader.execute("PRAGMA query_only = ON")
             self._checkpointer = self._connect(opened)
@@ -344,6 +348,17 @@ class SqliteLogFile:
             "WHERE topic_id = ? AND partition = ? ORDER BY last_offset",
             (topic_id, partition),
         ).fetchall()
+
+    def partition_bytes(self, topic_id: int, partition: int) -> tuple[int, int]:
+        """Return the body bytes of a partition's batches below and from its ``cleaned_end``."""
+        row = self._writer.execute(
+            "SELECT coalesce(sum(b.size) FILTER (WHERE b.last_offset < p.cleaned_end), 0), "
+            "coalesce(sum(b.size) FILTER (WHERE b.last_offset >= p.cleaned_end), 0) "
+            "FROM partitions p LEFT JOIN batches b USING (topic_id, partition) "
+            "WHERE p.topic_id = ? AND p.partition = ?",
+            (topic_id, partition),
+        ).fetchone()
+        return row[0], row[1]
 
     def batch_payload(self, topic_id: int, partition: int, last_offset: int) -> bytes:
         """Return the stored payload of the batch ending at ``last_offset``."""

@@ -30,6 +30,19 @@ stream to the record-path operator that ``make_window`` passes in as
 ``record_path``; the results are the same, only slower. If that happens while
 columnar state is open, the operator stops with a :class:`StepError`, since
 half a window cannot move between the two representations.
+
+Checkpoints (``snapshot_changes``/``restore``) keep the partials in the changelog
+as a **base** frame (key ``("columnar",)``) plus up to ``_MAX_SLOTS`` **delta**
+frames (keys ``("columnar_delta", i)``): the partials folded since the previous
+checkpoint. Partials merge, so the state is the merge of the base and the deltas
+in slot order (arrival order is kept, so first/last break ties as before),
+without the panes whose last window ended at or before the saved watermark. A
+checkpoint writes only its delta, unless the changelog would then hold more than
+twice the live rows (or ``_MAX_SLOTS`` deltas): it then writes the merged
+partials as the new base and tombstones the deltas, in the same checkpoint. So a
+checkpoint after a few keys changed writes a few rows, and a restore reads at
+most about three times the live state. Frames are stored as Arrow IPC
+(:func:`~eventspine.serde.state.encode_frame`).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from eventspine.dataflow.time import Hopping, OnClose, Tumbling
 from eventspine.errors import StepError
 from eventspine.records import KEY_COL, TS_COL, Batch, field_getter
 from eventspine.runtime.operator import ErrorBoundary, Operator
+from eventspine.serde.state import decode_frame, encode_frame
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, to_duration_ms
 
 if TYPE_CHECKING:
@@ -63,6 +77,13 @@ _MAX_PARTS = 8
 # Aggregate queued records once this many wait for a close (a stalled watermark).
 _MAX_RAW_ROWS = 1_000_000
 _NEVER = MAX_TS_MS + 1
+# Checkpoints: at most this many delta frames in the changelog beside the base.
+_MAX_SLOTS = 16
+# Rows the changelog may hold beyond twice the live rows before a new base is written.
+_SLACK_ROWS = 50_000
+_BASE = ("columnar",)
+_META = ("columnar_meta",)
+_DELTA = "columnar_delta"
 
 
 def supports(step: WindowStep) -> bool:
@@ -234,9 +255,14 @@ class ColumnarWindow(Operator):
         self._closed = MIN_TS_MS  # every window ending at or before this has been emitted
         self._next_close = _NEVER  # the earliest end of an open window holding data
         self._schema: dict[str, Any] = {}  # dtypes of the key and fields seen so far
-        # Bumped whenever the partials change; a snapshot writes them only when it moved.
-        self._version = 0
-        self._saved_version = -1
+        # Checkpoints (see the module doc): partials folded since the last snapshot
+        # (``None``: too many to keep, the next snapshot writes a base), the rows the
+        # changelog holds (base and deltas), its delta slots in use, whether it has a base.
+        self._pending: list[pl.DataFrame] | None = []
+        self._pending_rows = 0
+        self._log_rows = 0
+        self._slots = 0
+        self._has_base = False
 
     # -- operator hooks ------------------------------------------------------------------
     def on_batch(self, batch: Batch, port: int) -> None:
@@ -293,34 +319,55 @@ class ColumnarWindow(Operator):
     stateful = True
 
     def snapshot_changes(self) -> list[tuple[Any, Any]]:
-        """Return the open partials as one entry, and the close bookkeeping as another.
+        """Return the partials folded since the last snapshot, and the close bookkeeping.
 
-        The partials (one row per key and pane) are written only when they changed
-        since the last snapshot, so an idle pipeline with large state does not
-        rewrite it at every checkpoint; the small bookkeeping entry (what has been
-        closed, the schema) is written every time. Queued records are folded into
-        partial aggregates first, as the next close would do anyway (float sums may
-        differ in the last bits from an uninterrupted run, as with any change of
-        batch boundaries). If the record path took over, its entries are returned
-        under a ``"delegate"`` prefix.
+        Queued records are folded into partial aggregates first, as the next close
+        would do anyway (float sums may differ in the last bits from an uninterrupted
+        run, as with any change of batch boundaries). The partials are written as a
+        delta, or as a new base with the deltas tombstoned (see the module doc); an
+        idle operator writes only the small bookkeeping entry (what has been closed,
+        the schema). If the record path took over, its entries are returned under a
+        ``"delegate"`` prefix and the columnar entries are tombstoned.
         """
         if self._delegate is not None:
             changes = self._delegate.snapshot_changes()
-            gone = [(("columnar",), None), (("columnar_meta",), None)]
+            gone: list[tuple[Any, Any]] = [(_BASE, None), (_META, None)]
+            gone += [((_DELTA, i), None) for i in range(self._slots)]
+            self._slots = 0
             return [(("delegate", k), v) for k, v in changes] + gone
         self._fold_raw()
-        if len(self._parts) > 1:
-            self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
         meta = {
             "closed": self._closed,
             "next_close": self._next_close,
             "schema": dict(self._schema),
         }
-        out: list[tuple[Any, Any]] = [(("columnar_meta",), meta)]
-        if self._version != self._saved_version:
-            frame = self._parts[0].frame if self._parts else None
-            out.append((("columnar",), {"frame": frame}))
-            self._saved_version = self._version
+        out: list[tuple[Any, Any]] = [(_META, meta)]
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        delta = None
+        if pending:  # merged: a part must hold one row per (key, pane)
+            delta = self._alive(self._merge(pending), self._closed)
+        rows = 0 if delta is None else delta.height
+        # Each part is unique per (key, pane): the largest is a lower bound of the live rows.
+        live = max((p.frame.height for p in self._parts), default=0)
+        if (
+            pending is None
+            or self._slots >= _MAX_SLOTS
+            or self._log_rows + rows > 2 * live + _SLACK_ROWS
+        ):
+            if len(self._parts) > 1:
+                self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
+            base = self._parts[0].frame if self._parts else None
+            if base is not None or self._has_base:
+                value = None if base is None else {"ipc": encode_frame(base)}
+                out.append((_BASE, value))
+            out += [((_DELTA, i), None) for i in range(self._slots)]
+            self._log_rows = 0 if base is None else base.height
+            self._has_base = base is not None
+            self._slots = 0
+        elif delta is not None and rows:
+            out.append(((_DELTA, self._slots), {"ipc": encode_frame(delta)}))
+            self._slots += 1
+            self._log_rows += rows
         return out
 
     def restore(self, entries: list[tuple[Any, Any]]) -> None:
@@ -333,15 +380,42 @@ class ColumnarWindow(Operator):
             self._delegate.out = self.out
             self._delegate.restore(delegated)
             return
+        base: pl.DataFrame | None = None
+        deltas: dict[int, pl.DataFrame | None] = {}
         for key, state in entries:
-            if key == ("columnar",):
-                frame = state["frame"]
-                self._parts = [] if frame is None or not frame.height else [_Part.of(frame)]
-            elif key == ("columnar_meta",):
+            if key == _META:
                 self._closed = state["closed"]
                 self._next_close = state["next_close"]
                 self._schema = dict(state["schema"])
+            elif key == _BASE:
+                base = self._frame_of(state)
+            elif key[0] == _DELTA:
+                deltas[key[1]] = self._frame_of(state)
+        frames = [f for f in (base, *(deltas[i] for i in sorted(deltas))) if f is not None]
+        self._log_rows = sum(f.height for f in frames)
+        self._has_base = base is not None
+        self._slots = max(deltas, default=-1) + 1
+        self._pending, self._pending_rows = [], 0
+        alive = [f for f in (self._alive(f, self._closed) for f in frames) if f.height]
+        if len(alive) > _MAX_PARTS:
+            alive = [alive[0], self._merge(alive[1:])]
+        self._parts = [_Part.of(f) for f in alive]
         self._count_state()
+
+    def _frame_of(self, state: dict[str, Any]) -> pl.DataFrame | None:
+        if "ipc" in state:
+            return decode_frame(state["ipc"], step=self.name)
+        frame: pl.DataFrame | None = state["frame"]  # a pickled frame (before Arrow IPC state)
+        return frame
+
+    def _alive(self, frame: pl.DataFrame, closed: int) -> pl.DataFrame:
+        """The rows of ``frame`` whose pane still has a window ending after ``closed``."""
+        import polars as pl
+
+        if closed == MIN_TS_MS:
+            return frame
+        geo = self._geo
+        return frame.filter(geo.last_start(pl.col(_PANE)) + geo.size > closed)
 
     # -- internals ---------------------------------------------------------------------
     def _fold_raw(self) -> None:
@@ -351,11 +425,17 @@ class ColumnarWindow(Operator):
         if not self._raw:
             return
         raw = self._raw[0] if len(self._raw) == 1 else pl.concat(self._raw, how="vertical_relaxed")
-        self._version += 1
         self._raw = []
         self._raw_rows = 0
         part = raw.group_by([KEY_COL, _PANE]).agg(self._layout.partial)
         self._parts.append(_Part.of(part))
+        if self._pending is not None:
+            # Bounded without checkpoints too: past half the live rows, the next
+            # snapshot writes a base instead.
+            self._pending.append(part)
+            self._pending_rows += part.height
+            if self._pending_rows > sum(p.frame.height for p in self._parts) // 2 + _SLACK_ROWS:
+                self._pending, self._pending_rows = None, 0
         if len(self._parts) > _MAX_PARTS:
             self._parts = [_Part.of(self._merge([p.frame for p in self._parts]))]
 
@@ -365,6 +445,8 @@ class ColumnarWindow(Operator):
         Each frame alone is unique; only the rows of the largest frame whose panes
         fall in the others' pane range can have duplicates, so only those are
         grouped again (typically a small tail: the panes of the previous batch).
+        When the others are small beside it (a long window: every row shares the
+        pane), only its rows with the others' keys are grouped again.
         """
         import polars as pl
 
@@ -372,15 +454,21 @@ class ColumnarWindow(Operator):
             return frames[0]
         i = max(range(len(frames)), key=lambda j: frames[j].height)
         big = frames[i]
-        panes = pl.concat([f.get_column(_PANE) for j, f in enumerate(frames) if j != i])
+        others = [f for j, f in enumerate(frames) if j != i]
+        panes = pl.concat([f.get_column(_PANE) for f in others])
         overlap = pl.col(_PANE).is_between(panes.min(), panes.max())
+        if 4 * sum(f.height for f in others) < big.height:
+            dtype = big.schema[KEY_COL]
+            keys = pl.concat([f.get_column(KEY_COL).cast(dtype, strict=False) for f in others])
+            overlap = overlap & pl.col(KEY_COL).is_in(keys.unique().implode(), nulls_equal=True)
+        mask = big.select(overlap).to_series()
         # Arrival order is kept: first/last break event-time ties by it.
         mixed = pl.concat(
-            [big.filter(overlap) if j == i else f for j, f in enumerate(frames)],
+            [big.filter(mask) if j == i else f for j, f in enumerate(frames)],
             how="vertical_relaxed",
         )
         merged = mixed.group_by([KEY_COL, _PANE]).agg(self._layout.combine)
-        return pl.concat([merged, big.filter(~overlap)], how="vertical_relaxed")
+        return pl.concat([merged, big.filter(~mask)], how="vertical_relaxed")
 
     def _close(self, prev: int, wm: int) -> None:
         import polars as pl
@@ -429,10 +517,6 @@ class ColumnarWindow(Operator):
             f = p.frame.filter(alive)
             if f.height:
                 parts.append(_Part.of(f))
-        if len(parts) != len(self._parts) or any(
-            a is not b for a, b in zip(parts, self._parts, strict=True)
-        ):
-            self._version += 1
         self._parts = parts
         after = geo.end_after(wm)
         self._next_close = min(
