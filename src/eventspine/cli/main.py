@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline until its inputs end or it is stopped")
     run.add_argument("target", metavar="TARGET", help="path/to/file.py:attr or package.module:attr")
     _run_options(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes that share the pipeline's tasks (topic sources only)",
+    )
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--at-least-once",
+        action="store_true",
+        help="commit outputs and positions without a transaction (faster on Kafka; a crash "
+        "replays, so outputs may repeat)",
+    )
 
     demo = sub.add_parser("demo", help="run the market-ticks demo (bars, VWAP, spikes, sectors)")
     demo.add_argument("--events", type=int, default=1_000_000, help="ticks to generate (1,000,000)")
@@ -172,6 +186,18 @@ def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
         settings, max_seconds=args.max_seconds, progress=args.progress, quiet=args.quiet
     )
     if args.command == "run":
+        if args.workers < 1:
+            raise ConfigError(f"--workers {args.workers} is invalid; expected a number >= 1")
+        if args.workers > 1 and args.worker_index is None:
+            from .workers import run_workers
+
+            return run_workers(args.workers, signals, err)
+        req = dataclasses.replace(
+            req,
+            worker=args.worker_index or 0,
+            workers=args.workers,
+            exactly_once=not args.at_least_once,
+        )
         pipeline = load_pipeline(args.target)
         code, _result = execute(pipeline, req, signals, err)
         return code

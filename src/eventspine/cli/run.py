@@ -8,6 +8,7 @@ signal while the pipeline is still loading, stops at once.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -16,13 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from eventspine import failpoints
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.errors import ConfigError
+from eventspine.log import open_log
 from eventspine.runtime.checkpoint import CheckpointPolicy
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
+from eventspine.runtime.worker import Worker, source_partitions
 from eventspine.settings import Settings
 
 from .progress import ProgressLine, format_summary
@@ -50,12 +53,20 @@ class ForcedStop(BaseException):
         return 128 + self.signum
 
 
+class Stoppable(Protocol):
+    """What a signal stops: an executor, a worker, or the parent of ``--workers``."""
+
+    def stop(self) -> None:
+        """Ask it to stop at the end of the current iteration."""
+        ...
+
+
 class Signals:
     """Remembers which signal stopped the run and forwards it to the executor."""
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.executor: Executor | None = None
+        self.executor: Stoppable | None = None
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         """The SIGINT/SIGTERM handler (runs in the main thread between bytecodes)."""
@@ -87,6 +98,9 @@ class RunRequest:
     max_seconds: float | None = None
     progress: bool | None = None  # None: when stderr is a terminal
     quiet: bool = False
+    worker: int = 0
+    workers: int = 1
+    exactly_once: bool = True
 
 
 def execute(
@@ -107,11 +121,35 @@ def execute(
         flush_interval=timedelta(milliseconds=s.flush_interval_ms),
         state_dir=s.state_dir,
         log=s.log,
-        checkpoint=CheckpointPolicy(interval=timedelta(milliseconds=s.checkpoint_interval_ms)),
+        checkpoint=CheckpointPolicy(
+            interval=timedelta(milliseconds=s.checkpoint_interval_ms),
+            exactly_once=req.exactly_once,
+        ),
         handle_signals=False,  # the CLI handles them, to remember which signal it was
         max_wall=None if req.max_seconds is None else timedelta(seconds=req.max_seconds),
     )
-    executor = Executor(pipeline, options=options)
+    log = open_log(s.log)
+    try:
+        return _execute(pipeline, req, signals, err, dataclasses.replace(options, log=log))
+    finally:
+        log.close()
+
+
+def _execute(
+    pipeline: Pipeline, req: RunRequest, signals: Signals, err: TextIO, options: RunOptions
+) -> tuple[int, RunResult]:
+    executor: Executor | Worker
+    if source_partitions(pipeline, options.log) is not None:
+        executor = Worker(pipeline, options=options, worker=req.worker, workers=req.workers)
+    elif req.workers > 1:
+        raise ConfigError(
+            f"pipeline '{pipeline.name}' cannot run on {req.workers} workers: only a pipeline "
+            f"whose every source is a topic of the log is split into tasks; run one worker, "
+            f"or feed the pipeline from topics (eventspine topics produce ...)"
+        )
+    else:
+        executor = Executor(pipeline, options=options)
+    s = req.settings
     server = None
     if s.metrics_port is not None:
         from eventspine.runtime.prometheus import serve_metrics
@@ -154,8 +192,11 @@ def execute(
     return code, result
 
 
-def _abandon(executor: Executor) -> None:
+def _abandon(executor: Executor | Worker) -> None:
     """Close the sources and sinks the executor opened, when it will not run."""
+    if isinstance(executor, Worker):
+        executor.close()
+        return
     for src in executor.plan.sources:
         src.close()
     for sink in executor.plan.sinks:

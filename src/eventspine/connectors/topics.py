@@ -152,6 +152,10 @@ class Topic:
         partitions = self._ensure(log)
         return TopicConnection(self, log, context, partitions)
 
+    def log_partitions(self, log: Log) -> int:
+        """Create the topic if missing; return its partition count (tasks are split by it)."""
+        return self._ensure(log)
+
     def _ensure(self, log: Log) -> int:
         if not self.explicit:
             existing = log.topics().get(self.name)
@@ -239,8 +243,11 @@ class TopicConnection(Sequence["TopicReader"]):
             t = self._topic
             group = self._context.group
             committed = self._log.committed(group, t.name) if group else {}
+            owned = self._context.partitions
             self._readers = [
-                TopicReader(self._log, t, p, committed.get(p)) for p in range(self._partitions)
+                TopicReader(self._log, t, p, committed.get(p))
+                for p in range(self._partitions)
+                if owned is None or p in owned
             ]
         return self._readers
 

@@ -111,6 +111,8 @@ class OpenContext:
             and commit positions under it.
         transactional: whether a checkpointer drives the sinks (then sinks that support
             it stage their output until a checkpoint commits).
+        partitions: the source partitions this task owns when the pipeline runs as one
+            task per partition (``None``: all of them).
     """
 
     step: str
@@ -121,6 +123,7 @@ class OpenContext:
     log: Any = None
     group: str = ""
     transactional: bool = False
+    partitions: frozenset[int] | None = None
 
 
 class SourceReader(Protocol):

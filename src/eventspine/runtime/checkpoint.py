@@ -47,7 +47,16 @@ if TYPE_CHECKING:
     from eventspine.runtime.plan import Plan
     from eventspine.runtime.routing import SinkOperator
 
-__all__ = ["CheckpointMeta", "CheckpointPolicy", "Checkpointer", "names"]
+__all__ = [
+    "CheckpointMeta",
+    "CheckpointPolicy",
+    "Checkpointer",
+    "PendingCheckpoint",
+    "checkpoints_spec",
+    "names",
+    "open_transaction",
+    "read_last_meta",
+]
 
 _META_FORMAT = 1
 #: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
@@ -61,10 +70,16 @@ class CheckpointPolicy:
     Attributes:
         interval: at most this long between checkpoints (wall clock).
         records: also after this many records read since the last one (``None``: no limit).
+        exactly_once: commit each checkpoint as one atomic log transaction (the default).
+            ``False`` is at-least-once: on Kafka the outputs are produced without a
+            transaction and the positions committed after them, so a crash between the two
+            replays the records since the last checkpoint (duplicated output, and state
+            changes counted again). Faster on Kafka; the same as ``True`` on SQLite.
     """
 
     interval: timedelta = timedelta(seconds=1)
     records: int | None = None
+    exactly_once: bool = True
 
 
 class names:  # a namespace of naming rules, used as names.changelog(...)
@@ -101,11 +116,38 @@ class CheckpointMeta(msgspec.Struct, kw_only=True):
     records_read: int = 0
 
 
-class Checkpointer:
-    """Takes checkpoints of a compiled plan into a log, and restores from them."""
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """A checkpoint between :meth:`Checkpointer.prepare` and :meth:`Checkpointer.committed`."""
 
-    def __init__(self, log: Log, plan: Plan, clock: Clock, policy: CheckpointPolicy) -> None:
+    id: int
+    started: float
+    watermarks: dict[str, int]
+    intents: dict[str, Any]
+
+
+class Checkpointer:
+    """Takes checkpoints of a compiled plan into a log, and restores from them.
+
+    A plan that runs one *task* of a partitioned pipeline (see
+    :mod:`eventspine.runtime.worker`) has ``partition=p`` of ``partitions``: its
+    metadata records go to partition ``p`` of the checkpoints topic and its state to
+    partition ``p`` of each changelog, so tasks checkpoint and restore independently.
+    """
+
+    def __init__(
+        self,
+        log: Log,
+        plan: Plan,
+        clock: Clock,
+        policy: CheckpointPolicy,
+        *,
+        partition: int = 0,
+        partitions: int = 1,
+    ) -> None:
         self.log = log
+        self.partition = partition
+        self.partitions = partitions
         self.plan = plan
         self.clock = clock
         self.policy = policy
@@ -140,18 +182,30 @@ class Checkpointer:
     # -- topics ------------------------------------------------------------------------
     def ensure_topics(self) -> None:
         """Create the internal topics this pipeline needs (idempotent)."""
-        self.log.create_topic(
-            TopicSpec(names.checkpoints(self.pipeline), retention=timedelta(days=7))
-        )
-        for op in self.stateful:
-            self.log.create_topic(
-                TopicSpec(names.changelog(self.pipeline, op.name), compacted=True)
-            )
+        n = self.partitions
+        specs = [checkpoints_spec(self.pipeline, n)]
+        specs += [
+            TopicSpec(names.changelog(self.pipeline, op.name), n, compacted=True)
+            for op in self.stateful
+        ]
+        existing = self.log.topics()
+        for spec in specs:
+            info = existing.get(spec.name)
+            if info is None:
+                self.log.create_topic(spec)
+            elif info.spec.partitions != n:
+                raise StateError(
+                    f"the internal topic {spec.name!r} of pipeline '{self.pipeline}' has "
+                    f"{info.spec.partitions} partition(s), but the pipeline's sources now have "
+                    f"{n}: its state is split by source partition and cannot be reused. Run "
+                    f"with the old partition count, or start fresh with "
+                    f"`eventspine state reset {self.pipeline}`"
+                )
 
     # -- recovery ----------------------------------------------------------------------
     def last_meta(self) -> CheckpointMeta | None:
         """Return the last committed checkpoint's metadata, or ``None`` if there is none."""
-        return read_last_meta(self.log, self.pipeline)
+        return read_last_meta(self.log, self.pipeline, self.partition)
 
     def recover(self) -> int | None:
         """Restore state, positions, clocks and sinks from the last checkpoint.
@@ -235,7 +289,7 @@ class Checkpointer:
         topic = names.changelog(self.pipeline, step)
         latest: dict[bytes, bytes | None] = {}
         info = topics[topic]
-        for po in info.offsets:
+        for po in info.offsets[self.partition : self.partition + 1]:
             offset = po.log_start
             while offset < po.end:
                 batch = self.log.read(topic, po.partition, offset, 10_000)
@@ -271,6 +325,13 @@ class Checkpointer:
         Args:
             watermarks: the current watermark of every source and operator, by name.
         """
+        pending = self.prepare(watermarks)
+        with open_transaction(self.log, self.policy) as txn:
+            self.write(txn, pending)
+        return self.committed(pending)
+
+    def prepare(self, watermarks: Mapping[str, int]) -> PendingCheckpoint:
+        """Phase 1: flush every sink and stage two-phase ones; return what ``write`` needs."""
         t0 = self.clock.monotonic()
         ckpt = self.checkpoint_id + 1
         failpoints.hit("ckpt.before_begin")
@@ -282,35 +343,47 @@ class Checkpointer:
             prepare = getattr(sink.writer, "prepare", None)
             if prepare is not None:
                 intents[sink.name] = prepare(ckpt)
-        with self.log.transaction() as txn:
-            for op in self.stateful:
-                changes = op.snapshot_changes()
-                if changes:
-                    txn.append(
-                        names.changelog(self.pipeline, op.name),
-                        0,
-                        [
-                            LogRecord(
-                                encode_state(k, step=op.name),
-                                None if v is None else encode_state(v, step=op.name),
-                                0,
-                            )
-                            for k, v in changes
-                        ],
-                    )
-            failpoints.hit("ckpt.after_state_write")
-            for sink in self.plan.sinks:
-                self._append_sink_records(txn, sink)
-            self._append_dead_letters(txn, ckpt)
-            failpoints.hit("ckpt.after_output_append")
-            meta = self._meta(ckpt, watermarks, intents)
-            self._commit_topic_positions(txn)
-            txn.append(
-                names.checkpoints(self.pipeline),
-                0,
-                [LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms())],
-            )
-            failpoints.hit("ckpt.before_commit")
+        return PendingCheckpoint(ckpt, t0, dict(watermarks), intents)
+
+    def write(self, txn: LogTransaction, pending: PendingCheckpoint) -> None:
+        """Phase 2: append state changes, outputs, positions and metadata to ``txn``.
+
+        Several tasks of one worker write into the same transaction, so one commit
+        covers them all.
+        """
+        ckpt = pending.id
+        for op in self.stateful:
+            changes = op.snapshot_changes()
+            if changes:
+                txn.append(
+                    names.changelog(self.pipeline, op.name),
+                    self.partition,
+                    [
+                        LogRecord(
+                            encode_state(k, step=op.name),
+                            None if v is None else encode_state(v, step=op.name),
+                            0,
+                        )
+                        for k, v in changes
+                    ],
+                )
+        failpoints.hit("ckpt.after_state_write")
+        for sink in self.plan.sinks:
+            self._append_sink_records(txn, sink)
+        self._append_dead_letters(txn, ckpt)
+        failpoints.hit("ckpt.after_output_append")
+        meta = self._meta(ckpt, pending.watermarks, pending.intents)
+        self._commit_topic_positions(txn)
+        txn.append(
+            names.checkpoints(self.pipeline),
+            self.partition,
+            [LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms())],
+        )
+        failpoints.hit("ckpt.before_commit")
+
+    def committed(self, pending: PendingCheckpoint) -> int:
+        """Phase 3, after the transaction committed: publish staged output; return the id."""
+        ckpt = pending.id
         failpoints.hit("ckpt.after_commit_before_ack")
         # Committed dead letters live in the log now; keep memory bounded on long runs.
         self.dead_letters_committed += self._dead_sent
@@ -328,7 +401,7 @@ class Checkpointer:
             self._last_retention = self.clock.monotonic()
         self._last = self.clock.monotonic()
         self._records_since = 0
-        self.durations_s.append(self._last - t0)
+        self.durations_s.append(self._last - pending.started)
         return ckpt
 
     def _meta(
@@ -418,19 +491,57 @@ def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:
     )
 
 
-def read_last_meta(log: Log, pipeline: str) -> CheckpointMeta | None:
-    """Return the last committed checkpoint metadata of ``pipeline`` in ``log``, if any."""
+def checkpoints_spec(pipeline: str, partitions: int = 1) -> TopicSpec:
+    """The checkpoints topic of ``pipeline`` (one partition per task)."""
+    return TopicSpec(names.checkpoints(pipeline), partitions, retention=timedelta(days=7))
+
+
+def open_transaction(log: Log, policy: CheckpointPolicy) -> LogTransaction:
+    """The transaction a checkpoint commits in: atomic, or the log's at-least-once batch.
+
+    A log whose atomic transactions cost more than plain appends (Kafka) offers
+    ``non_atomic_transaction()``; the others commit atomically either way.
+    """
+    if not policy.exactly_once:
+        relaxed = getattr(log, "non_atomic_transaction", None)
+        if relaxed is not None:
+            txn: LogTransaction = relaxed()
+            return txn
+    return log.transaction()
+
+
+def read_last_meta(log: Log, pipeline: str, partition: int = 0) -> CheckpointMeta | None:
+    """Return the last committed checkpoint metadata of ``pipeline`` in ``log``, if any.
+
+    ``partition`` is the task's partition (0 for a pipeline that is not partitioned).
+    On Kafka the last offsets of a partition are transaction markers, not records, so
+    the tail is read from a few offsets back (more if those were all markers).
+    """
     topic = names.checkpoints(pipeline)
     info = log.topics().get(topic)
-    if info is None or not info.offsets or info.offsets[0].end == 0:
+    if info is None or len(info.offsets) <= partition:
         return None
-    end = info.offsets[0].end
-    start = max(info.offsets[0].log_start, end - 1)
-    recs = log.read(topic, 0, start, 1)
-    if not recs or recs[-1].value is None:
+    po = info.offsets[partition]
+    value: bytes | None = None
+    back = 4
+    while value is None:
+        start = max(po.log_start, po.end - back)
+        offset = start
+        while offset < po.end:
+            recs = log.read(topic, partition, offset, 64)
+            if not recs:
+                break
+            for rec in recs:
+                if rec.value is not None:
+                    value = rec.value
+            offset = recs[-1].offset + 1
+        if start == po.log_start:
+            break
+        back *= 8
+    if value is None:
         return None
     try:
-        return msgspec.json.decode(recs[-1].value, type=CheckpointMeta)
+        return msgspec.json.decode(value, type=CheckpointMeta)
     except msgspec.DecodeError as exc:
         raise StateError(
             f"the last checkpoint record of pipeline '{pipeline}' cannot be read ({exc}); it was "

@@ -28,7 +28,7 @@ from eventspine.dataflow.pipeline import Pipeline
 from eventspine.dataflow.ports import OpenContext
 from eventspine.log import Log, open_log
 from eventspine.runtime.checkpoint import Checkpointer, CheckpointPolicy
-from eventspine.runtime.metrics import Inspector
+from eventspine.runtime.metrics import Inspector, StepMetrics
 from eventspine.runtime.operator import DeadLetters, Operator
 from eventspine.runtime.plan import Plan, compile_pipeline
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, SystemClock, to_duration_ms
@@ -87,7 +87,13 @@ class RunResult:
 
 
 class Executor:
-    """Runs one compiled plan to completion (or until stopped)."""
+    """Runs one compiled plan to completion (or until stopped).
+
+    With ``partition=p`` (of ``partitions``) the plan is one *task* of a partitioned
+    pipeline: its topic sources read only partition ``p`` and its checkpoints cover
+    only that partition's state. A :class:`~eventspine.runtime.worker.Worker` drives
+    such tasks with :meth:`start`, :meth:`iterate` and its own checkpoints.
+    """
 
     def __init__(
         self,
@@ -96,8 +102,12 @@ class Executor:
         clock: Clock | None = None,
         options: RunOptions | None = None,
         operator_factories: dict[type, Callable[..., Operator]] | None = None,
+        partition: int | None = None,
+        partitions: int = 1,
+        metrics: dict[str, StepMetrics] | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.partition = partition
         self.options = options or RunOptions()
         opts = self.options
         self._own_log = isinstance(opts.log, str)
@@ -111,6 +121,7 @@ class Executor:
                 log=self.log,
                 group=pipeline.name,
                 transactional=self.log is not None,
+                partitions=None if partition is None else frozenset({partition}),
             )
 
         self.plan: Plan = compile_pipeline(
@@ -121,13 +132,22 @@ class Executor:
             operator_factories=operator_factories
             if operator_factories is not None
             else default_factories(),
+            metrics=metrics,
         )
         self.inspector = Inspector(pipeline.name, self.plan.metrics)
         self.checkpointer: Checkpointer | None = (
             None
             if self.log is None
-            else Checkpointer(self.log, self.plan, self.clock, opts.checkpoint)
+            else Checkpointer(
+                self.log,
+                self.plan,
+                self.clock,
+                opts.checkpoint,
+                partition=partition or 0,
+                partitions=partitions,
+            )
         )
+        self.ended = False
         self._stop = threading.Event()
         self._batch = opts.min_batch
         self._budget_s = to_duration_ms(opts.latency_budget) / 1000
@@ -145,19 +165,19 @@ class Executor:
         with self._signals(opts.handle_signals):
             stopped = False
             try:
-                if ckpt is not None:
-                    resumed = ckpt.recover()
-                    restored = ckpt.restored_watermarks()
-                    for op in self.plan.operators:
-                        if op.name in restored:
-                            self._op_wm[id(op)] = op.watermark_ms
+                resumed = self.start()
                 stopped = self._loop()
                 if ckpt is not None:
                     # The final checkpoint: at end of input it commits the flushed windows;
                     # after a signal it saves everything handled so far.
-                    ckpt.checkpoint(self._watermarks())
+                    ckpt.checkpoint(self.watermarks())
             finally:
                 self.close()
+        return self.result(stopped, resumed)
+
+    def result(self, stopped: bool, resumed: int | None) -> RunResult:
+        """The run's result (after it finished or was stopped)."""
+        ckpt = self.checkpointer
         self.inspector.finished = True
         self.inspector.checkpoints = 0 if ckpt is None else len(ckpt.durations_s)
         return RunResult(
@@ -167,6 +187,18 @@ class Executor:
             resumed_from=resumed,
             checkpoints=0 if ckpt is None else len(ckpt.durations_s),
         )
+
+    def start(self) -> int | None:
+        """Recover from the last checkpoint (with a log); return its id or ``None``."""
+        ckpt = self.checkpointer
+        if ckpt is None:
+            return None
+        resumed = ckpt.recover()
+        restored = ckpt.restored_watermarks()
+        for op in self.plan.operators:
+            if op.name in restored:
+                self._op_wm[id(op)] = op.watermark_ms
+        return resumed
 
     def close(self) -> None:
         """Close sources, sinks and the log (idempotent)."""
@@ -180,7 +212,8 @@ class Executor:
         if self._own_log and self.log is not None:
             self.log.close()
 
-    def _watermarks(self) -> dict[str, int]:
+    def watermarks(self) -> dict[str, int]:
+        """The current watermark of every source and operator, by step name."""
         wms = {src.name: src.watermark_ms for src in self.plan.sources}
         for op in self.plan.operators:
             wms[op.name] = self._op_wm.get(id(op), MIN_TS_MS)
@@ -188,7 +221,6 @@ class Executor:
 
     # -- the loop ------------------------------------------------------------------
     def _loop(self) -> bool:
-        plan = self.plan
         clock = self.clock
         opts = self.options
         idle_sleep = to_duration_ms(opts.idle_sleep) / 1000
@@ -196,35 +228,47 @@ class Executor:
         deadline = (
             None if opts.max_wall is None else clock.monotonic() + opts.max_wall.total_seconds()
         )
+        ckpt = self.checkpointer
         while True:
             if self._stop.is_set():
                 return True
             if deadline is not None and clock.monotonic() >= deadline:
                 return True
-            t0 = time.perf_counter()
-            read = 0
-            for src in plan.sources:
-                read += src.poll(self._batch)
-            if read:
-                # Only reading and pushing the batch counts: window closes have a fixed cost
-                # per iteration, and counting them would shrink batches and multiply closes.
-                self._adapt(read, time.perf_counter() - t0)
-                sleep = 0.001
-            now = clock.now_ms()
-            self._advance_watermarks(now)
-            for op in plan.operators:
-                op.on_tick(now)
-            if all(src.ended for src in plan.sources):
-                self._finish()
+            read = self.iterate()
+            if self.ended:
                 return False
-            ckpt = self.checkpointer
-            if ckpt is not None:
-                ckpt.note_records(read)
-                if ckpt.due():
-                    ckpt.checkpoint(self._watermarks())
-            if not read:
+            if ckpt is not None and ckpt.due():
+                ckpt.checkpoint(self.watermarks())
+            if read:
+                sleep = 0.001
+            else:
                 clock.sleep(sleep)
                 sleep = min(sleep * 2, idle_sleep)
+
+    def iterate(self) -> int:
+        """One pass of the loop: poll, push, advance watermarks, tick; return records read.
+
+        When every input has ended, the windows are flushed and :attr:`ended` is set.
+        """
+        plan = self.plan
+        t0 = time.perf_counter()
+        read = 0
+        for src in plan.sources:
+            read += src.poll(self._batch)
+        if read:
+            # Only reading and pushing the batch counts: window closes have a fixed cost
+            # per iteration, and counting them would shrink batches and multiply closes.
+            self._adapt(read, time.perf_counter() - t0)
+        now = self.clock.now_ms()
+        self._advance_watermarks(now)
+        for op in plan.operators:
+            op.on_tick(now)
+        if not self.ended and all(src.ended for src in plan.sources):
+            self._finish()
+            self.ended = True
+        if self.checkpointer is not None:
+            self.checkpointer.note_records(read)
+        return read
 
     def _adapt(self, read: int, elapsed: float) -> None:
         """Grow or shrink the batch size so one iteration takes about the latency budget."""

@@ -85,8 +85,13 @@ def compile_pipeline(
     open_context: Callable[[str], OpenContext],
     flush_s: float = 1.0,
     operator_factories: dict[type, Callable[..., Operator]] | None = None,
+    metrics: dict[str, StepMetrics] | None = None,
 ) -> Plan:
-    """Validate ``pipeline`` and build its operators (sources and sinks are opened here)."""
+    """Validate ``pipeline`` and build its operators (sources and sinks are opened here).
+
+    ``metrics`` (per step name) is shared by the tasks of a partitioned run, so they
+    count into the same figures; by default the plan gets its own.
+    """
     pipeline.validate()
     steps = pipeline.steps
     consumers: dict[tuple[str, str], list[str]] = {}
@@ -94,7 +99,8 @@ def compile_pipeline(
         for up in s.inputs:
             consumers.setdefault(up, []).append(s.name)
 
-    metrics = {n: StepMetrics(n, s.kind) for n, s in steps.items()}
+    if metrics is None:
+        metrics = {n: StepMetrics(n, s.kind) for n, s in steps.items()}
     dead = DeadLetters()
 
     def policy(s: Step) -> ErrorPolicy:

@@ -34,10 +34,12 @@ _INT_OPTIONS = {
     "transaction_timeout_ms": 1,
     "request_timeout_ms": 1,
     "max_readers": 1,
+    "session_timeout_ms": 1,
 }
 _USAGE = (
     "kafka://host:port[,host:port...]?option=value; options: replication_factor, "
     "transactional_id, transaction_timeout_ms, request_timeout_ms, max_readers, "
+    "session_timeout_ms, "
     "kafka.<librdkafka setting> (e.g. kafka.security.protocol=SASL_SSL) and "
     "topic.<topic config> (e.g. topic.min.insync.replicas=2)"
 )
@@ -57,6 +59,7 @@ class KafkaSettings:
     transaction_timeout_ms: int = 60_000
     request_timeout_ms: int = 30_000
     max_readers: int = 8
+    session_timeout_ms: int = 6_000
     client_config: Mapping[str, str] = field(default_factory=dict)
     topic_config: Mapping[str, str] = field(default_factory=dict)
 
@@ -164,6 +167,7 @@ def settings_from_url(url: str) -> KafkaSettings:
         transaction_timeout_ms=ints.get("transaction_timeout_ms", 60_000),
         request_timeout_ms=ints.get("request_timeout_ms", 30_000),
         max_readers=ints.get("max_readers", 8),
+        session_timeout_ms=ints.get("session_timeout_ms", 6_000),
         client_config=client,
         topic_config=topic,
     )

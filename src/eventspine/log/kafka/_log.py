@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Self, final
@@ -29,7 +29,9 @@ from eventspine.log.base import (
     TopicInfo,
     TopicSpec,
 )
+from eventspine.log.kafka._batch import KafkaBatch
 from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
+from eventspine.log.kafka._group import KafkaGroupMember
 from eventspine.log.kafka._reader import ReaderPool
 from eventspine.log.kafka._records import Deliveries, produce_records, validate_records
 from eventspine.log.kafka._topics import create_topic, delete_topic, describe_topics
@@ -186,18 +188,28 @@ class KafkaLog:
         if not partitions:
             return {}
         timeout = self._settings.timeout_s
-        try:
-            futures = self._admin.list_offsets(
-                dict.fromkeys(partitions, which),
-                isolation_level=IsolationLevel.READ_COMMITTED,
-                request_timeout=timeout,
-            )
-            return {
-                (tp.topic, tp.partition): future.result(timeout=timeout).offset
-                for tp, future in futures.items()
-            }
-        except KafkaException as exc:
-            raise LogError(f"cannot list the offsets of Kafka partitions: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                futures = self._admin.list_offsets(
+                    dict.fromkeys(partitions, which),
+                    isolation_level=IsolationLevel.READ_COMMITTED,
+                    request_timeout=timeout,
+                )
+                return {
+                    (tp.topic, tp.partition): future.result(timeout=timeout).offset
+                    for tp, future in futures.items()
+                }
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                # A partition whose leader is moving (a new topic, a broker restart) answers
+                # NOT_LEADER / LEADER_NOT_AVAILABLE for a moment: ask again until the timeout.
+                fatal = isinstance(error, KafkaError) and error.fatal()
+                if fatal or time.monotonic() > deadline:
+                    raise LogError(f"cannot list the offsets of Kafka partitions: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _spec(self, topic: str) -> TopicSpec:
         self._check_open()
@@ -301,6 +313,74 @@ class KafkaLog:
         """Return a new Kafka transaction (see :mod:`eventspine.log.kafka._txn`)."""
         self._check_open()
         return KafkaTransaction(self._txn, self._spec, self._await_stable)
+
+    def non_atomic_transaction(self) -> LogTransaction:
+        """Return an at-least-once batch (see :mod:`eventspine.log.kafka._batch`)."""
+        self._check_open()
+        return KafkaBatch(self._spec, self._produce_async, self._flush_plain, self._commit_plain)
+
+    def join_group(
+        self,
+        group: str,
+        anchor: str,
+        *,
+        on_assign: Callable[[list[int]], None],
+        on_revoke: Callable[[list[int]], None],
+        on_lost: Callable[[list[int]], None],
+    ) -> KafkaGroupMember:
+        """Join ``group`` as a worker owning partitions of ``anchor`` (the tasks).
+
+        The member's group metadata then goes into this log's transactions for
+        ``group`` (see :mod:`eventspine.log.kafka._group`). Close the member to leave.
+        """
+        self._check_open()
+        member = KafkaGroupMember(
+            self._settings,
+            group,
+            anchor,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            on_lost=on_lost,
+            session_timeout_ms=self._settings.session_timeout_ms,
+        )
+        self._txn.members[group] = member
+        return member
+
+    def _plain_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = make_client(Producer, self._settings.producer())
+        return self._producer
+
+    def _produce_async(
+        self, topic: str, partition: int, records: Sequence[LogRecord], deliveries: Deliveries
+    ) -> None:
+        with self._append_lock:
+            self._check_open()
+            produce_records(
+                self._plain_producer(),
+                topic,
+                partition,
+                records,
+                deliveries,
+                self._settings.timeout_s,
+            )
+
+    def _flush_plain(self) -> None:
+        timeout = self._settings.timeout_s
+        with self._append_lock:
+            if self._producer is not None and self._producer.flush(timeout) > 0:
+                raise LogError(f"records were not acknowledged within {timeout:.0f} s")
+
+    def _commit_plain(self, group: str, offsets: Mapping[str, Mapping[int, int]]) -> None:
+        member = self._txn.members.get(group)
+        if member is not None:
+            member.commit(offsets)
+            return
+        tps = [TopicPartition(t, p, o) for t, ps in offsets.items() for p, o in ps.items()]
+        try:
+            self._txn.group_consumer(group).commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise LogError(f"committing positions of group {group!r}: {exc}") from exc
 
     def _await_stable(self, last: Mapping[tuple[str, int], int]) -> None:
         """Wait until the LSO of each partition is past ``last[partition]`` (bounded)."""

@@ -47,8 +47,11 @@ _DESCRIBED = ("cleanup.policy", "retention.ms", "retention.bytes", "delete.reten
 
 
 def is_internal(name: str) -> bool:
-    """Return whether ``name`` is a broker-internal topic (``__consumer_offsets``, ...)."""
-    return name.startswith("__")
+    """Return whether ``name`` is a broker-internal topic (``__consumer_offsets``, ...).
+
+    eventspine's own internal topics (``__es.*``: checkpoints, changelogs) are not.
+    """
+    return name.startswith("__") and not name.startswith("__es.")
 
 
 def topic_configs(spec: TopicSpec, extra: Mapping[str, str]) -> dict[str, str]:

@@ -35,6 +35,7 @@ from eventspine.errors import LogError
 from eventspine.log._checks import check_partition, check_positions
 from eventspine.log.base import LogRecord, TopicSpec
 from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
+from eventspine.log.kafka._group import KafkaGroupMember
 from eventspine.log.kafka._records import Deliveries, produce_records, validate_records
 
 __all__ = ["KafkaTransaction", "TransactionalProducer"]
@@ -57,6 +58,8 @@ class TransactionalProducer:
         self.fenced: str | None = None
         self._producer: Producer | None = None
         self._groups: dict[str, Consumer] = {}
+        #: group -> the member this process joined it with (its metadata fences zombies)
+        self.members: dict[str, KafkaGroupMember] = {}
 
     def producer(self) -> Producer:
         """Return the initialized producer, creating it if needed (under :attr:`lock`)."""
@@ -77,11 +80,22 @@ class TransactionalProducer:
         return self._producer
 
     def group_metadata(self, group: str) -> Any:
-        """Return the group metadata ``send_offsets_to_transaction`` needs for ``group``."""
+        """Return the group metadata ``send_offsets_to_transaction`` needs for ``group``.
+
+        A joined member's metadata carries its generation, so the broker refuses the
+        offsets of a member that was replaced meanwhile.
+        """
+        member = self.members.get(group)
+        if member is not None:
+            return member.group_metadata()
+        return self.group_consumer(group).consumer_group_metadata()
+
+    def group_consumer(self, group: str) -> Consumer:
+        """A consumer of ``group`` that never joins it (for offsets of unjoined groups)."""
         consumer = self._groups.get(group)
         if consumer is None:
             consumer = self._groups[group] = make_client(Consumer, self.settings.consumer(group))
-        return consumer.consumer_group_metadata()
+        return consumer
 
     def fence(self, exc: KafkaException) -> LogError:
         """Remember that this producer was fenced; return the error to raise."""

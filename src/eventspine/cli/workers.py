@@ -1,0 +1,70 @@
+"""``eventspine run --workers N``: start N worker processes and wait for them.
+
+Each child is the same command line plus ``--worker-index I`` (hidden), so it
+runs the tasks worker ``I`` of ``N`` owns: on Kafka every child joins the
+pipeline's consumer group (the group assigns the tasks), on the SQLite log the
+split is static (task ``p`` runs in worker ``p % N``). The parent forwards
+SIGINT/SIGTERM to every child, waits for all of them, and exits with the first
+non-zero exit code (0 when all finished cleanly). A child that fails makes the
+parent stop the others, so a half-running pipeline never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import TextIO
+
+from .run import Signals
+
+__all__ = ["run_workers"]
+
+
+class _Stopper:
+    """Marks that a signal asked the workers to stop (the loop forwards it)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
+    """Run ``workers`` children of this command line; return the combined exit code."""
+    argv = [sys.executable, "-m", "eventspine.cli.main", *sys.argv[1:]]
+    children = [
+        subprocess.Popen([*argv, "--worker-index", str(i)])  # noqa: S603  # our own argv
+        for i in range(workers)
+    ]
+    stopper = _Stopper()
+    signals.executor = stopper
+    err.write(f"started {workers} workers (pids {', '.join(str(c.pid) for c in children)})\n")
+    err.flush()
+    forwarded: int | None = None
+    code = 0
+    try:
+        while any(c.poll() is None for c in children):
+            if stopper.stopped and signals.received is not None and forwarded is None:
+                forwarded = signals.received
+                for c in children:
+                    if c.poll() is None:
+                        c.send_signal(forwarded)
+            failed = [c.returncode for c in children if c.returncode not in (None, 0)]
+            if failed and forwarded is None:
+                code = failed[0]
+                forwarded = signal.SIGTERM
+                for c in children:
+                    if c.poll() is None:
+                        c.terminate()
+            time.sleep(0.05)
+    finally:
+        signals.executor = None
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    codes = [c.returncode for c in children]
+    return code or next((c for c in codes if c != 0), 0)

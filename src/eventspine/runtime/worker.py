@@ -1,0 +1,355 @@
+"""Partitioned runs: one task per source partition, spread over workers.
+
+A pipeline whose every source is a topic of the run's log is *partitioned*: it
+runs as one **task** per partition number ``p`` (all source topics must have
+the same partition count; task ``p`` reads partition ``p`` of each). A task is
+a full copy of the operator graph (an :class:`~eventspine.runtime.executor.Executor`
+with ``partition=p``) with its own state, watermarks and checkpoint records
+(partition ``p`` of the checkpoints topic and of every changelog), so a task
+can move from one process to another: its new owner restores exactly its state
+and positions. Each key's state lives in the task of the partition its
+records arrive on, so the source topics must be keyed by the key the pipeline
+groups by (a topic sink with ``key=`` writes them so).
+
+A :class:`Worker` is one process running some of the tasks:
+
+* On Kafka (a log with ``join_group``) the workers of a pipeline form one
+  consumer group, named after the pipeline, and Kafka's cooperative-sticky
+  assignor gives each worker its tasks (the partitions of the checkpoints
+  topic); workers can come and go at any time (see
+  :mod:`eventspine.log.kafka._group`).
+* Otherwise the split is static: worker ``i`` of ``n`` runs the tasks
+  ``p`` with ``p % n == i``.
+
+Every checkpoint of a worker is **one** log transaction holding the state
+changes, outputs, positions and metadata of all its tasks. Before a task is
+revoked, the worker checkpoints it, so its next owner resumes exactly there; a
+task lost without notice (a worker paused past its session) is dropped
+without a checkpoint, and the broker refuses that worker's next transaction,
+since its group generation is stale. When a checkpoint fails in a group, the
+worker restarts its tasks from their last committed checkpoint rather than
+stop: output stays exactly-once, only work since that checkpoint is redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from eventspine.dataflow.pipeline import Pipeline
+from eventspine.dataflow.steps import SourceStep
+from eventspine.errors import ConfigError, DefinitionError, LogError
+from eventspine.log import Log, open_log
+from eventspine.runtime.checkpoint import (
+    PendingCheckpoint,
+    checkpoints_spec,
+    names,
+    open_transaction,
+)
+from eventspine.runtime.executor import Executor, RunOptions, RunResult
+from eventspine.runtime.metrics import Inspector, StepMetrics
+from eventspine.runtime.operator import DeadLetters
+from eventspine.timeutil import Clock, SystemClock, to_duration_ms
+
+__all__ = ["Worker", "source_partitions"]
+
+_log = logging.getLogger("eventspine.worker")
+#: how long a worker waits before restarting its tasks after a failed checkpoint
+RETRY_PAUSE_S = 0.5
+
+
+def source_partitions(pipeline: Pipeline, log: Log) -> int | None:
+    """The task count of ``pipeline`` on ``log``, or ``None`` if it is not partitioned.
+
+    A pipeline is partitioned when every source is a topic of the log.
+
+    Raises:
+        DefinitionError: the source topics have different partition counts.
+    """
+    counts: dict[str, int] = {}
+    for step in pipeline.steps.values():
+        if not isinstance(step, SourceStep):
+            continue
+        count = getattr(step.source, "log_partitions", None)
+        if count is None:
+            return None
+        counts[step.name] = int(count(log))
+    if not counts:
+        return None
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"'{n}' has {c}" for n, c in counts.items())
+        raise DefinitionError(
+            f"the source topics of pipeline '{pipeline.name}' must have the same number of "
+            f"partitions to be read as tasks ({detail}); create them with the same "
+            f"--partitions, or copy one into a topic with the right count"
+        )
+    return next(iter(counts.values()))
+
+
+class Worker:
+    """Runs the tasks of a partitioned pipeline that this process owns (see the module doc).
+
+    Args:
+        pipeline: a partitioned pipeline (every source a topic of ``options.log``).
+        clock: the run's clock.
+        options: as for :class:`Executor`; ``options.log`` is required.
+        worker: this worker's index, for the static split (logs without groups).
+        workers: how many workers share the tasks in the static split.
+
+    Raises:
+        ConfigError: no log, or the pipeline is not partitioned.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        clock: Clock | None = None,
+        options: RunOptions | None = None,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
+        opts = options or RunOptions()
+        if opts.log is None:
+            raise ConfigError("a partitioned run needs a durable log (RunOptions.log)")
+        if not 0 <= worker < workers:
+            raise ConfigError(f"worker index {worker} is not in 0..{workers - 1}")
+        self.pipeline = pipeline
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._own_log = isinstance(opts.log, str)
+        self.log: Log = open_log(opts.log) if isinstance(opts.log, str) else opts.log
+        self.options = replace(opts, log=self.log, handle_signals=False)
+        self.policy = opts.checkpoint
+        partitions = source_partitions(pipeline, self.log)
+        if partitions is None:
+            self.close()
+            raise ConfigError(
+                f"pipeline '{pipeline.name}' cannot run as tasks: only a pipeline whose every "
+                f"source is a topic of the log can be split over workers"
+            )
+        self.partitions = partitions
+        self.worker, self.workers = worker, workers
+        self.metrics = {n: StepMetrics(n, s.kind) for n, s in pipeline.steps.items()}
+        self.inspector = Inspector(pipeline.name, self.metrics)
+        self.tasks: dict[int, Executor] = {}
+        self.restored: dict[int, int | None] = {}
+        self.dead_letters = DeadLetters()
+        self.checkpoints = 0
+        self.restarts = 0
+        self._starting: list[int] = []
+        self._stop = threading.Event()
+        self._interval_s = to_duration_ms(self.policy.interval) / 1000
+        self._last_ckpt = self.clock.monotonic()
+        self._records_since = 0
+        self._member: Any = None
+        self._closed = False
+
+    # -- membership ----------------------------------------------------------------------
+    def _join(self) -> None:
+        join = getattr(self.log, "join_group", None)
+        if join is None:
+            owned = [p for p in range(self.partitions) if p % self.workers == self.worker]
+            self._starting.extend(owned)
+            return
+        # The checkpoints topic (one partition per task) is what the group divides.
+        anchor = names.checkpoints(self.pipeline.name)
+        if anchor not in self.log.topics():
+            self.log.create_topic(checkpoints_spec(self.pipeline.name, self.partitions))
+        self._member = join(
+            self.pipeline.name,
+            anchor,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _on_assign(self, partitions: list[int]) -> None:
+        self._starting.extend(p for p in partitions if p not in self.tasks)
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        self._starting = [p for p in self._starting if p not in partitions]
+        owned = [p for p in partitions if p in self.tasks]
+        if owned:
+            self.checkpoint()  # the next owner resumes exactly where this worker stopped
+            self._drop(owned)
+
+    def _on_lost(self, partitions: list[int]) -> None:
+        self._starting = [p for p in self._starting if p not in partitions]
+        self._drop([p for p in partitions if p in self.tasks])
+
+    def _start_pending(self) -> None:
+        """Build and restore the tasks assigned but not started (a failure keeps them queued)."""
+        while self._starting:
+            p = self._starting[0]
+            if p not in self.tasks:
+                t0 = time.monotonic()
+                task = Executor(
+                    self.pipeline,
+                    clock=self.clock,
+                    options=self.options,
+                    partition=p,
+                    partitions=self.partitions,
+                    metrics=self.metrics,
+                )
+                try:
+                    if self.partitions > 1:
+                        _refuse_shared_sinks(task)
+                    self.restored[p] = task.start()
+                except BaseException:
+                    task.close()
+                    raise
+                self.tasks[p] = task
+                _log.info(
+                    "pipeline %s: task %d started (checkpoint %s) in %.2f s",
+                    self.pipeline.name,
+                    p,
+                    self.restored[p],
+                    time.monotonic() - t0,
+                )
+            self._starting.pop(0)
+
+    def _drop(self, partitions: list[int]) -> None:
+        for p in partitions:
+            task = self.tasks.pop(p, None)
+            if task is not None:
+                self.dead_letters.entries.extend(task.plan.dead_letters.entries)
+                task.close()
+
+    # -- the loop ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the worker to stop after the current iteration (thread-safe)."""
+        self._stop.set()
+
+    def run(self) -> RunResult:
+        """Run the owned tasks until stopped (or, with bounded topics, until they end)."""
+        stopped = True
+        try:
+            self._join()
+            stopped = self._loop()
+            if self.tasks:
+                self.checkpoint()
+        finally:
+            self.close()
+        self.inspector.finished = True
+        self.inspector.checkpoints = self.checkpoints
+        resumed = [r for r in self.restored.values() if r is not None]
+        return RunResult(
+            self.inspector,
+            self.dead_letters,
+            stopped,
+            resumed_from=max(resumed) if resumed else None,
+            checkpoints=self.checkpoints,
+        )
+
+    def _loop(self) -> bool:
+        clock = self.clock
+        idle_sleep = to_duration_ms(self.options.idle_sleep) / 1000
+        sleep = 0.001
+        max_wall = self.options.max_wall
+        deadline = None if max_wall is None else clock.monotonic() + max_wall.total_seconds()
+        while True:
+            if self._stop.is_set() or (deadline is not None and clock.monotonic() >= deadline):
+                return True
+            if self._member is not None:
+                self._member.poll(0)
+            if self._starting:
+                try:
+                    self._start_pending()
+                except LogError as exc:
+                    if self._member is None:
+                        raise
+                    self._restart_tasks(exc)  # restoring failed (broker busy): try again
+            read = 0
+            try:
+                for task in list(self.tasks.values()):
+                    read += task.iterate()
+            except LogError as exc:
+                if self._member is None:
+                    raise
+                self._restart_tasks(exc)  # e.g. the broker is restarting: redo, do not die
+                continue
+            self._records_since += read
+            if self.tasks and all(t.ended for t in self.tasks.values()) and not self._member:
+                return False
+            if self._due():
+                self.checkpoint()
+            if read:
+                sleep = 0.001
+            else:
+                clock.sleep(sleep)
+                sleep = min(sleep * 2, idle_sleep)
+
+    def _due(self) -> bool:
+        if self.clock.monotonic() - self._last_ckpt >= self._interval_s:
+            return True
+        limit = self.policy.records
+        return limit is not None and self._records_since >= limit
+
+    def checkpoint(self) -> None:
+        """Commit one checkpoint of every owned task, in one log transaction.
+
+        Raises:
+            LogError: the commit failed and this worker is not in a group (in a group
+                its tasks restart from their last committed checkpoint instead).
+        """
+        self._last_ckpt = self.clock.monotonic()
+        self._records_since = 0
+        if not self.tasks:
+            return
+        pending: list[tuple[Executor, PendingCheckpoint]] = []
+        for task in self.tasks.values():
+            assert task.checkpointer is not None
+            pending.append((task, task.checkpointer.prepare(task.watermarks())))
+        try:
+            with open_transaction(self.log, self.policy) as txn:
+                for task, p in pending:
+                    assert task.checkpointer is not None
+                    task.checkpointer.write(txn, p)
+        except LogError as exc:
+            if self._member is None:
+                raise
+            self._restart_tasks(exc)
+            return
+        for task, p in pending:
+            assert task.checkpointer is not None
+            task.checkpointer.committed(p)
+        self.checkpoints += 1
+
+    def _restart_tasks(self, exc: LogError) -> None:
+        """A group checkpoint failed: redo the owned tasks from their last checkpoint."""
+        owned = sorted(self.tasks)
+        self.restarts += 1
+        _log.warning(
+            "pipeline %s: checkpoint failed (%s); restarting task(s) %s from their last "
+            "committed checkpoint",
+            self.pipeline.name,
+            exc,
+            owned,
+        )
+        self._drop(owned)
+        self.clock.sleep(RETRY_PAUSE_S)
+        self._starting.extend(p for p in owned if p not in self._starting)
+
+    def close(self) -> None:
+        """Close every task, leave the group, close the log if this worker opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drop(sorted(self.tasks))
+        if self._member is not None:
+            self._member.close()
+        if self._own_log:
+            self.log.close()
+
+
+def _refuse_shared_sinks(task: Executor) -> None:
+    for sink in task.plan.sinks:
+        if getattr(sink.writer, "prepare", None) is not None:
+            raise ConfigError(
+                f"sink '{sink.name}' writes files, which the tasks of a partitioned run cannot "
+                f"share; write to a topic (es.topic) and export it, or give the source topics "
+                f"one partition"
+            )

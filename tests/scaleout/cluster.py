@@ -1,0 +1,171 @@
+"""Helpers of the scale-out tests: input topics, worker processes, reading the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from eventspine.connectors.topics import key_bytes, partition_for
+from eventspine.log import Log
+from eventspine.log.base import LogRecord, TopicSpec
+
+from .pipeline import expected
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTSPINE = str(Path(sys.executable).with_name("eventspine"))
+T0 = 1_700_000_000_000
+
+
+def make_input(
+    log: Log, topic: str, *, records: int, keys: int, partitions: int
+) -> list[dict[str, Any]]:
+    """Append ``records`` keyed oracle records to a new ``topic``; return them in order."""
+    log.create_topic(TopicSpec(topic, partitions))
+    rng = random.Random(7)
+    seqs: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
+    by_part: dict[int, list[LogRecord]] = {}
+    for i in range(records):
+        key = f"k{rng.randrange(keys)}"
+        seqs[key] = seqs.get(key, 0) + 1
+        rec = {"key": key, "seq": seqs[key], "value": rng.randrange(-50, 100), "ts": T0 + i * 20}
+        out.append(rec)
+        kb = key_bytes(key)
+        assert kb is not None
+        by_part.setdefault(partition_for(kb, partitions), []).append(
+            LogRecord(kb, json.dumps(rec).encode(), rec["ts"])
+        )
+    for p, recs in by_part.items():
+        for i in range(0, len(recs), 2000):
+            log.append(topic, p, recs[i : i + 2000])
+    return out
+
+
+def read_topic(log: Log, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of ``topic`` (all partitions), decoded."""
+    info = log.topics().get(topic)
+    if info is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for po in info.offsets:
+        offset = po.log_start
+        while offset < po.end:
+            batch = log.read(topic, po.partition, offset, 5000)
+            if not batch:
+                break
+            out += [json.loads(r.value) for r in batch if r.value is not None]
+            offset = batch[-1].offset + 1
+    return out
+
+
+def canon(rows: list[dict[str, Any]]) -> Counter[str]:
+    """A multiset of rows, comparable regardless of order."""
+    return Counter(json.dumps(r, sort_keys=True) for r in rows)
+
+
+class Workers:
+    """Worker processes of the scale-out pipeline (``eventspine run`` each)."""
+
+    def __init__(self, url: str, env: dict[str, str], tmp: Path) -> None:
+        self.url = url
+        self.env = {**os.environ, **env}
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *extra: str) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        err = open(self.tmp / f"worker{n}.err", "wb")  # noqa: SIM115  # closed with the process
+        proc = subprocess.Popen(
+            [
+                EVENTSPINE,
+                "run",
+                "tests/scaleout/pipeline.py:pipeline",
+                "--log-url",
+                self.url,
+                "--state-dir",
+                str(self.tmp / f"state{n}"),
+                "--checkpoint-interval-ms",
+                "300",
+                "--quiet",
+                "--log-level",
+                "INFO",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stderr=err,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+
+    def wait_log(self, index: int, text: str, timeout: float = 60) -> None:
+        """Wait until worker ``index`` has logged ``text``."""
+        path = self.tmp / f"worker{index}.err"
+        deadline = time.monotonic() + timeout
+        while text not in path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {index} did not log {text!r}\n{self.stderr()}")
+            time.sleep(0.1)
+
+    def stderr(self) -> str:
+        return "\n".join(
+            f"--- worker {i}\n" + (self.tmp / f"worker{i}.err").read_text(errors="replace")[-3000:]
+            for i in range(len(self.procs))
+        )
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def wait_output(
+    log: Log, topic: str, count: int, workers: Workers, timeout: float
+) -> list[dict[str, Any]]:
+    """Wait until ``topic`` holds at least ``count`` committed records; return them."""
+    deadline = time.monotonic() + timeout
+    rows = read_topic(log, topic)
+    while len(rows) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{topic} has {len(rows)} of {count} records after {timeout:.0f} s\n"
+                + workers.stderr()
+            )
+        time.sleep(0.5)
+        rows = read_topic(log, topic)
+    return rows
+
+
+def judge(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """The output must be exactly the oracle's: no loss, no duplicate, no gap alert."""
+    want, got = canon(expected(records)), canon(rows)
+    missing, extra = want - got, got - want
+    detail = (
+        f"{sum(missing.values())} missing, {sum(extra.values())} unexpected/duplicate rows; "
+        f"e.g. missing {list(missing)[:3]}, extra {list(extra)[:3]}"
+    )
+    assert not missing, detail
+    assert not extra, detail
+
+
+def judge_windows(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Every emitted window count is the true count, and no window is emitted twice."""
+    seen = Counter((r["key"], r["window_start_ms"]) for r in rows)
+    dups = [k for k, n in seen.items() if n > 1]
+    assert not dups, f"windows emitted twice: {dups[:5]}"
+    truth = Counter((r["key"], r["ts"] - r["ts"] % 10_000) for r in records)
+    wrong = [r for r in rows if truth[r["key"], r["window_start_ms"]] != r["count"]]
+    assert not wrong, f"{len(wrong)} wrong window counts, e.g. {wrong[:3]}"
