@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from eventspine.connectors.topics import key_bytes, partition_for
+from eventspine.errors import LogError
 from eventspine.log import Log
 from eventspine.log.base import LogRecord, TopicSpec
+from eventspine.runtime.worker import EXIT_STALLED
 
 from .pipeline import expected
 
@@ -79,6 +81,8 @@ class Workers:
         self.env = {**os.environ, **env}
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.restarted: set[int] = set()
+        self.extra: tuple[str, ...] = ()
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
         n = len(self.procs)
@@ -119,9 +123,23 @@ class Workers:
                 raise AssertionError(f"worker {index} did not log {text!r}\n{self.stderr()}")
             time.sleep(0.1)
 
+    def supervise(self) -> None:
+        """Restart the workers whose stall watchdog stopped them (exit 75), as a supervisor would."""
+        for i, p in enumerate(list(self.procs)):
+            if p.poll() == EXIT_STALLED and i not in self.restarted:
+                self.restarted.add(i)
+                self.start(*self.extra)
+
+    def dump_stacks(self) -> None:
+        """Ask every live worker to print its threads' stacks (SIGUSR1) into its stderr."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+
     def stderr(self) -> str:
         return "\n".join(
-            f"--- worker {i}\n" + (self.tmp / f"worker{i}.err").read_text(errors="replace")[-3000:]
+            f"--- worker {i}\n" + (self.tmp / f"worker{i}.err").read_text(errors="replace")[-6000:]
             for i in range(len(self.procs))
         )
 
@@ -139,13 +157,18 @@ def wait_output(
     deadline = time.monotonic() + timeout
     rows = read_topic(log, topic)
     while len(rows) < count:
+        workers.supervise()
         if time.monotonic() > deadline:
+            workers.dump_stacks()
             raise AssertionError(
                 f"{topic} has {len(rows)} of {count} records after {timeout:.0f} s\n"
                 + workers.stderr()
             )
         time.sleep(0.5)
-        rows = read_topic(log, topic)
+        try:
+            rows = read_topic(log, topic)
+        except LogError:  # a broker of the cluster is down right now: ask again
+            continue
     return rows
 
 

@@ -30,7 +30,9 @@ adds the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import faulthandler
 import logging
 import shutil
 import signal
@@ -83,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument(
+        "--stall-timeout-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="a worker whose loop is stuck this long exits with code 75 for a supervisor to "
+        "restart (120; 0: never)",
+    )
+    run.add_argument(
         "--at-least-once",
         action="store_true",
         help="commit outputs and positions without a transaction (faster on Kafka; a crash "
@@ -129,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``eventspine`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     err = sys.stderr
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no SIGUSR1, or a thread
+        # `kill -USR1 <pid>` prints every thread's stack: where is a stuck run waiting?
+        faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
     signals = Signals()
     try:
         try:
@@ -197,6 +210,7 @@ def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
             worker=args.worker_index or 0,
             workers=args.workers,
             exactly_once=not args.at_least_once,
+            stall_timeout_s=args.stall_timeout_s or None,
         )
         pipeline = load_pipeline(args.target)
         code, _result = execute(pipeline, req, signals, err)

@@ -101,6 +101,7 @@ class RunRequest:
     worker: int = 0
     workers: int = 1
     exactly_once: bool = True
+    stall_timeout_s: float | None = 120.0
 
 
 def execute(
@@ -127,6 +128,7 @@ def execute(
         ),
         handle_signals=False,  # the CLI handles them, to remember which signal it was
         max_wall=None if req.max_seconds is None else timedelta(seconds=req.max_seconds),
+        stall_timeout=None if not req.stall_timeout_s else timedelta(seconds=req.stall_timeout_s),
     )
     log = open_log(s.log)
     try:
@@ -145,7 +147,7 @@ def _execute(
         raise ConfigError(
             f"pipeline '{pipeline.name}' cannot run on {req.workers} workers: only a pipeline "
             f"whose every source is a topic of the log is split into tasks; run one worker, "
-            f"or feed the pipeline from topics (eventspine topics produce ...)"
+            f"or feed the pipeline from topics (eventspine produce ...)"
         )
     else:
         executor = Executor(pipeline, options=options)

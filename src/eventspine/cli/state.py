@@ -115,10 +115,13 @@ def _state_doc(log: Log, pipeline: str, url: str) -> dict[str, Any]:
             f"pipeline {pipeline!r} has no state in {url} (pipelines with state there: {known}); "
             f"check the name (es.Pipeline(name)) and --log"
         )
-    meta = read_last_meta(log, pipeline)
-    doc: dict[str, Any] = {"pipeline": pipeline, "log": url, "checkpoint": None}
-    if meta is not None:
-        doc["checkpoint"] = {
+    doc: dict[str, Any] = {"pipeline": pipeline, "log": url, "checkpoint": None, "tasks": {}}
+    # A partitioned pipeline keeps one checkpoint per task: partition p of the topic.
+    for task in range(topics[names.checkpoints(pipeline)].spec.partitions):
+        meta = read_last_meta(log, pipeline, task)
+        if meta is None:
+            continue
+        summary = {
             "id": meta.id,
             "time": meta.time,
             "records_read": meta.records_read,
@@ -126,6 +129,9 @@ def _state_doc(log: Log, pipeline: str, url: str) -> dict[str, Any]:
             "watermarks": meta.watermarks,
             "sinks": meta.sinks,
         }
+        doc["tasks"][str(task)] = summary
+        if task == 0:
+            doc["checkpoint"] = summary
     doc["committed"] = {
         name: {str(p): o for p, o in pos.items()}
         for name in topics
@@ -156,12 +162,13 @@ def _show(args: argparse.Namespace) -> int:
         out.write(_JSON.encode(doc).decode() + "\n")
         return 0
     out.write(f"pipeline {args.pipeline!r} in {url}\n")
-    ckpt = doc["checkpoint"]
-    if ckpt is None:
+    tasks = doc["tasks"]
+    if not tasks:
         out.write("  no checkpoint committed yet\n")
-    else:
+    for task, ckpt in tasks.items():
+        label = "last checkpoint" if len(tasks) == 1 else f"task {task}: last checkpoint"
         out.write(
-            f"  last checkpoint: {ckpt['id']} at {ckpt['time']} "
+            f"  {label}: {ckpt['id']} at {ckpt['time']} "
             f"({ckpt['records_read']} records read)\n  source positions (next offset):\n"
         )
         for step, positions in ckpt["positions"].items():

@@ -1,7 +1,8 @@
 """``eventspine run --workers N``: start N worker processes and wait for them.
 
 Each child is the same command line plus ``--worker-index I`` (hidden), so it
-runs the tasks worker ``I`` of ``N`` owns: on Kafka every child joins the
+runs the tasks worker ``I`` of ``N`` owns (with ``--metrics-port P`` child ``I``
+serves its metrics on port ``P + I``): on Kafka every child joins the
 pipeline's consumer group (the group assigns the tasks), on the SQLite log the
 split is static (task ``p`` runs in worker ``p % N``). The parent forwards
 SIGINT/SIGTERM to every child, waits for all of them, and exits with the first
@@ -22,6 +23,24 @@ from .run import Signals
 __all__ = ["run_workers"]
 
 
+def child_argv(args: list[str], index: int) -> list[str]:
+    """The command line of worker ``index``: ours, plus its index; metrics port + index."""
+    out = [sys.executable, "-m", "eventspine.cli.main"]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--metrics-port" and i + 1 < len(args) and args[i + 1].isdigit():
+            out += [arg, str(int(args[i + 1]) + index)]
+            i += 2
+            continue
+        if arg.startswith("--metrics-port=") and arg.split("=", 1)[1].isdigit():
+            out.append(f"--metrics-port={int(arg.split('=', 1)[1]) + index}")
+        else:
+            out.append(arg)
+        i += 1
+    return [*out, "--worker-index", str(index)]
+
+
 class _Stopper:
     """Marks that a signal asked the workers to stop (the loop forwards it)."""
 
@@ -34,9 +53,8 @@ class _Stopper:
 
 def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
     """Run ``workers`` children of this command line; return the combined exit code."""
-    argv = [sys.executable, "-m", "eventspine.cli.main", *sys.argv[1:]]
     children = [
-        subprocess.Popen([*argv, "--worker-index", str(i)])  # noqa: S603  # our own argv
+        subprocess.Popen(child_argv(sys.argv[1:], i))  # noqa: S603  # our own argv
         for i in range(workers)
     ]
     stopper = _Stopper()

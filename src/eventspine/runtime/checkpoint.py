@@ -372,6 +372,11 @@ class Checkpointer:
             self._append_sink_records(txn, sink)
         self._append_dead_letters(txn, ckpt)
         failpoints.hit("ckpt.after_output_append")
+        # An at-least-once batch is not atomic: make everything above durable before the
+        # record that says it is (an atomic transaction has no barrier; none is needed).
+        barrier = getattr(txn, "barrier", None)
+        if barrier is not None:
+            barrier()
         meta = self._meta(ckpt, pending.watermarks, pending.intents)
         self._commit_topic_positions(txn)
         txn.append(

@@ -33,7 +33,7 @@ from eventspine.runtime.operator import DeadLetters, Operator
 from eventspine.runtime.plan import Plan, compile_pipeline
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, SystemClock, to_duration_ms
 
-__all__ = ["RunOptions", "RunResult", "Executor", "run"]
+__all__ = ["RunOptions", "RunResult", "Executor", "run", "stop_on_signals"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class RunOptions:
             open ``eventspine.log.Log``. With a log the run takes checkpoints and resumes
             from the last one; ``None`` keeps everything in memory (no recovery).
         checkpoint: when checkpoints are taken (only with a log).
+        stall_timeout: a partitioned run's worker exits (code 75) when one pass of its
+            loop has not finished for this long, for example a Kafka client call that
+            never returns while a coordinator moves; a supervisor restarts it and its
+            tasks resume from their last checkpoint. ``None``: wait forever.
     """
 
     latency_budget: timedelta = timedelta(milliseconds=20)
@@ -65,6 +69,7 @@ class RunOptions:
     max_wall: timedelta | None = None
     log: Any = None
     checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    stall_timeout: timedelta | None = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ class Executor:
         opts = self.options
         ckpt = self.checkpointer
         resumed: int | None = None
-        with self._signals(opts.handle_signals):
+        with stop_on_signals(self.stop, opts.handle_signals):
             stopped = False
             try:
                 resumed = self.start()
@@ -309,21 +314,23 @@ class Executor:
             for sink in plan.sinks:
                 sink.flush()
 
-    @contextmanager
-    def _signals(self, enabled: bool) -> Iterator[None]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.stop()
+@contextmanager
+def stop_on_signals(stop: Callable[[], None], enabled: bool = True) -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM call ``stop`` (main thread only; else a no-op)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def default_factories() -> dict[type, Callable[..., Operator]]:
@@ -341,9 +348,30 @@ def run(
 ) -> RunResult:
     """Run ``pipeline`` in this process until its inputs end (or SIGINT/SIGTERM).
 
+    With a log, a pipeline whose every source is a topic runs as one task per
+    partition (see :mod:`eventspine.runtime.worker`), as ``eventspine run`` does;
+    this process then owns all the tasks (or, on Kafka, those its group assigns).
+
     Raises:
         DefinitionError: the pipeline is invalid.
         StepError: user code failed and the step's policy is ``Fail()``.
         DecodeError: a record could not be decoded and the policy is ``Fail()``.
     """
-    return Executor(pipeline, clock=clock, options=options).run()
+    opts = options or RunOptions()
+    if opts.log is None:
+        return Executor(pipeline, clock=clock, options=opts).run()
+    from dataclasses import replace
+
+    from eventspine.runtime.worker import Worker, source_partitions
+
+    log: Log = open_log(opts.log) if isinstance(opts.log, str) else opts.log
+    try:
+        opts = replace(opts, log=log)
+        if source_partitions(pipeline, log) is None:
+            return Executor(pipeline, clock=clock, options=opts).run()
+        worker = Worker(pipeline, clock=clock, options=opts)
+        with stop_on_signals(worker.stop, opts.handle_signals):
+            return worker.run()
+    finally:
+        if isinstance(options.log if options else None, str):
+            log.close()

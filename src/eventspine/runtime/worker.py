@@ -33,7 +33,10 @@ stop: output stays exactly-once, only work since that checkpoint is redone.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -54,11 +57,13 @@ from eventspine.runtime.metrics import Inspector, StepMetrics
 from eventspine.runtime.operator import DeadLetters
 from eventspine.timeutil import Clock, SystemClock, to_duration_ms
 
-__all__ = ["Worker", "source_partitions"]
+__all__ = ["EXIT_STALLED", "Worker", "source_partitions"]
 
 _log = logging.getLogger("eventspine.worker")
 #: how long a worker waits before restarting its tasks after a failed checkpoint
 RETRY_PAUSE_S = 0.5
+#: the exit code of a worker the stall watchdog stopped (EX_TEMPFAIL: restart it)
+EXIT_STALLED = 75
 
 
 def source_partitions(pipeline: Pipeline, log: Log) -> int | None:
@@ -170,11 +175,13 @@ class Worker:
         self._starting.extend(p for p in partitions if p not in self.tasks)
 
     def _on_revoke(self, partitions: list[int]) -> None:
+        if any(p in self.tasks for p in partitions):
+            # The next owner resumes exactly where this worker stopped. If the commit
+            # fails, checkpoint() restarts the tasks instead; the revoked ones are dropped
+            # below either way and resume from their last committed checkpoint.
+            self.checkpoint()
         self._starting = [p for p in self._starting if p not in partitions]
-        owned = [p for p in partitions if p in self.tasks]
-        if owned:
-            self.checkpoint()  # the next owner resumes exactly where this worker stopped
-            self._drop(owned)
+        self._drop([p for p in partitions if p in self.tasks])
 
     def _on_lost(self, partitions: list[int]) -> None:
         self._starting = [p for p in self._starting if p not in partitions]
@@ -226,6 +233,10 @@ class Worker:
     def run(self) -> RunResult:
         """Run the owned tasks until stopped (or, with bounded topics, until they end)."""
         stopped = True
+        self._beat = time.monotonic()
+        if self.options.stall_timeout is not None:
+            limit = self.options.stall_timeout.total_seconds()
+            threading.Thread(target=self._watchdog, args=(limit,), daemon=True).start()
         try:
             self._join()
             stopped = self._loop()
@@ -251,6 +262,7 @@ class Worker:
         max_wall = self.options.max_wall
         deadline = None if max_wall is None else clock.monotonic() + max_wall.total_seconds()
         while True:
+            self._beat = time.monotonic()
             if self._stop.is_set() or (deadline is not None and clock.monotonic() >= deadline):
                 return True
             if self._member is not None:
@@ -281,6 +293,25 @@ class Worker:
             else:
                 clock.sleep(sleep)
                 sleep = min(sleep * 2, idle_sleep)
+
+    def _watchdog(self, limit: float) -> None:
+        """Exit the process if one loop pass takes longer than ``limit`` (see RunOptions)."""
+        while not self._closed:
+            time.sleep(min(1.0, limit / 4))
+            stuck = time.monotonic() - self._beat
+            if stuck > limit and not self._closed:
+                message = (
+                    f"error: worker of pipeline '{self.pipeline.name}' is stuck: one pass of "
+                    f"its loop has not finished for {stuck:.0f} s (stall timeout {limit:.0f} s; "
+                    f"a Kafka client call can hang while a coordinator moves). Exiting with "
+                    f"code {EXIT_STALLED} so that a supervisor restarts it; its tasks resume "
+                    f"from their last committed checkpoint\n"
+                )
+                # Straight to the file descriptor: the stuck thread may hold sys.stderr's lock.
+                with contextlib.suppress(OSError):
+                    os.write(2, message.encode())
+                    faulthandler.dump_traceback(file=2, all_threads=True)
+                os._exit(EXIT_STALLED)
 
     def _due(self) -> bool:
         if self.clock.monotonic() - self._last_ckpt >= self._interval_s:
@@ -323,11 +354,11 @@ class Worker:
         owned = sorted(self.tasks)
         self.restarts += 1
         _log.warning(
-            "pipeline %s: checkpoint failed (%s); restarting task(s) %s from their last "
+            "pipeline %s: the log failed (%s); restarting task(s) %s from their last "
             "committed checkpoint",
             self.pipeline.name,
             exc,
-            owned,
+            sorted({*owned, *self._starting}),
         )
         self._drop(owned)
         self.clock.sleep(RETRY_PAUSE_S)

@@ -67,6 +67,19 @@ class KafkaBatch:
         checked = check_positions(self._lookup(topic), group, positions)
         self._positions.setdefault(group, {}).setdefault(topic, {}).update(checked)
 
+    def barrier(self) -> None:
+        """Wait until everything appended so far is acknowledged.
+
+        The checkpoint record is appended after this, so it never exists without
+        the records it covers.
+
+        Raises:
+            LogError: a record was refused or not acknowledged in time.
+        """
+        self._check()
+        self._flush()
+        self._deliveries.check("appending a checkpoint's records")
+
     def _check(self) -> None:
         if not self._open:
             raise LogError("this batch is not open: use it inside `with log.non_atomic_...():`")

@@ -56,8 +56,8 @@ class KafkaSettings:
     bootstrap: str
     replication_factor: int = 1
     transactional_id: str | None = None
-    transaction_timeout_ms: int = 60_000
-    request_timeout_ms: int = 30_000
+    transaction_timeout_ms: int = 15_000
+    request_timeout_ms: int = 10_000
     max_readers: int = 8
     session_timeout_ms: int = 6_000
     client_config: Mapping[str, str] = field(default_factory=dict)
@@ -164,8 +164,8 @@ def settings_from_url(url: str) -> KafkaSettings:
         bootstrap,
         replication_factor=ints.get("replication_factor", 1),
         transactional_id=txn_id,
-        transaction_timeout_ms=ints.get("transaction_timeout_ms", 60_000),
-        request_timeout_ms=ints.get("request_timeout_ms", 30_000),
+        transaction_timeout_ms=ints.get("transaction_timeout_ms", 15_000),
+        request_timeout_ms=ints.get("request_timeout_ms", 10_000),
         max_readers=ints.get("max_readers", 8),
         session_timeout_ms=ints.get("session_timeout_ms", 6_000),
         client_config=client,

@@ -10,7 +10,6 @@ from types import TracebackType
 from typing import Self, final
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -82,8 +81,8 @@ class KafkaLog:
         *,
         replication_factor: int = 1,
         transactional_id: str | None = None,
-        transaction_timeout: timedelta = timedelta(seconds=60),
-        request_timeout: timedelta = timedelta(seconds=30),
+        transaction_timeout: timedelta = timedelta(seconds=15),
+        request_timeout: timedelta = timedelta(seconds=10),
         client_config: Mapping[str, str] | None = None,
         topic_config: Mapping[str, str] | None = None,
         max_readers: int = 8,
@@ -114,6 +113,7 @@ class KafkaLog:
         self._txn = TransactionalProducer(settings)
         self._producer: Producer | None = None
         self._append_lock = threading.Lock()
+        self._committed_lock = threading.Lock()
         self._specs: dict[str, TopicSpec] = {}
         self._closed = False
 
@@ -198,10 +198,10 @@ class KafkaLog:
                     request_timeout=timeout,
                 )
                 return {
-                    (tp.topic, tp.partition): future.result(timeout=timeout).offset
+                    (tp.topic, tp.partition): future.result(timeout=timeout + 5).offset
                     for tp, future in futures.items()
                 }
-            except KafkaException as exc:
+            except (KafkaException, TimeoutError) as exc:  # TimeoutError: the future's wait
                 error = exc.args[0] if exc.args else None
                 # A partition whose leader is moving (a new topic, a broker restart) answers
                 # NOT_LEADER / LEADER_NOT_AVAILABLE for a moment: ask again until the timeout.
@@ -278,34 +278,28 @@ class KafkaLog:
         return self._readers.read(topic, partition, offset, max_records)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
-        """Return ``group``'s committed next offsets for ``topic`` (stable offsets only)."""
+        """Return ``group``'s committed next offsets for ``topic`` (stable offsets only).
+
+        Asked through a ``read_committed`` consumer of the group that never joins it
+        (an OffsetFetch with ``require_stable``), not through the admin API: librdkafka's
+        admin ListConsumerGroupOffsets can abort the process when the group coordinator
+        restarts mid-request (librdkafka issues 3663 and 4605).
+        """
         spec = self._spec(topic)
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p) for p in range(spec.partitions)]
-        )
+        wanted = [TopicPartition(topic, p) for p in range(spec.partitions)]
         timeout = self._settings.timeout_s
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
+        with self._committed_lock:
+            consumer = self._txn.group_consumer(group)
             try:
-                futures = self._admin.list_consumer_group_offsets(
-                    [request], require_stable=True, request_timeout=timeout
-                )
-                partitions = futures[group].result(timeout=timeout).topic_partitions
+                partitions = consumer.committed(wanted, timeout=timeout)
             except KafkaException as exc:
                 raise LogError(f"cannot read the positions of group {group!r}: {exc}") from exc
-            errors = [tp.error for tp in partitions if tp.error is not None]
-            if not errors:
-                return {tp.partition: tp.offset for tp in partitions if tp.offset >= 0}
-            # UNSTABLE_OFFSET_COMMIT: a transaction committed the offsets and its markers
-            # are not written yet (require_stable); they are a few milliseconds away.
-            unstable = all(e.code() == KafkaError.UNSTABLE_OFFSET_COMMIT for e in errors)
-            if not unstable or time.monotonic() > deadline:
-                raise LogError(
-                    f"cannot read the positions of group {group!r} for {topic!r}: {errors[0].str()}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        errors = [tp.error for tp in partitions if tp.error is not None]
+        if errors:
+            raise LogError(
+                f"cannot read the positions of group {group!r} for {topic!r}: {errors[0].str()}"
+            )
+        return {tp.partition: tp.offset for tp in partitions if tp.offset >= 0}
 
     # -- transactions -------------------------------------------------------------
 

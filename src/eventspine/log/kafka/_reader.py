@@ -38,13 +38,14 @@ _WAIT_S = 0.05
 
 
 class _Reader:
-    __slots__ = ("consumer", "lock", "next_offset", "tp")
+    __slots__ = ("broken", "consumer", "lock", "next_offset", "tp")
 
     def __init__(self, consumer: Consumer, topic: str, partition: int) -> None:
         self.consumer = consumer
         self.tp = TopicPartition(topic, partition)
         self.next_offset = -1  # not assigned yet
         self.lock = threading.Lock()
+        self.broken = False  # a read failed: replace the consumer (its metadata may be stale)
 
 
 class ReaderPool:
@@ -64,6 +65,9 @@ class ReaderPool:
         evicted: list[_Reader] = []
         with self._lock:
             reader = self._readers.get(key)
+            if reader is not None and reader.broken:
+                evicted.append(self._readers.pop(key))
+                reader = None
             if reader is None:
                 consumer = make_client(Consumer, self._settings.consumer(self._group))
                 reader = self._readers[key] = _Reader(consumer, topic, partition)
@@ -90,6 +94,12 @@ class ReaderPool:
                 TopicPartition(topic, partition), timeout=self._settings.timeout_s, cached=False
             )
         except KafkaException as exc:
+            # A client can keep stale metadata after a broker dies ("Unknown partition" for
+            # minutes): the next call starts afresh with a new one.
+            with self._lock:
+                if self._offsets_client is client:
+                    self._offsets_client = None
+            client.close()
             raise LogError(f"cannot get the offsets of {topic}[{partition}]: {exc}") from exc
         return int(low), int(high)
 
@@ -117,6 +127,7 @@ class ReaderPool:
                 if not messages:
                     if time.monotonic() > deadline:
                         reader.next_offset = -1
+                        reader.broken = True
                         raise LogError(
                             f"reading {topic}[{partition}] from offset {offset}: no record "
                             f"arrived within {self._settings.timeout_s:.0f} s although the "
@@ -140,6 +151,7 @@ class ReaderPool:
                             reader.next_offset = max(reader.next_offset, position)
                     else:
                         reader.next_offset = -1
+                        reader.broken = True
                         raise _read_error(topic, partition, offset, error)
                 if at_end or (out and out[-1].offset >= end - 1):
                     break

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _LONG_MAX = str((1 << 63) - 1)
+_GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 _DESCRIBED = ("cleanup.policy", "retention.ms", "retention.bytes", "delete.retention.ms")
 
 
@@ -136,10 +137,16 @@ def describe_topics(
     try:
         futures = admin.describe_configs(resources, request_timeout=timeout)
         for resource, future in futures.items():
-            entries = future.result(timeout=timeout)
+            try:
+                entries = future.result(timeout=timeout + 5)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in _GONE:
+                    continue  # deleted between the listing and now (another client's topic)
+                raise
             configs = {k: entries[k].value for k in _DESCRIBED if k in entries}
             specs[resource.name] = spec_from_configs(resource.name, counts[resource.name], configs)
-    except KafkaException as exc:
+    except (KafkaException, TimeoutError) as exc:
         raise LogError(f"cannot read the configs of Kafka topics {sorted(counts)}: {exc}") from exc
     return specs
 
@@ -161,6 +168,10 @@ def create_topic(admin: AdminClient, spec: TopicSpec, settings: KafkaSettings) -
     future = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)
     try:
         future[spec.name].result(timeout=timeout + 5)
+    except TimeoutError as exc:
+        raise LogError(
+            f"Kafka did not answer the creation of topic {spec.name!r} within {timeout + 5:.0f} s"
+        ) from exc
     except KafkaException as exc:
         error = exc.args[0]
         if not isinstance(error, KafkaError) or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -188,6 +199,8 @@ def delete_topic(admin: AdminClient, name: str, timeout: float) -> None:
     future = admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)
     try:
         future[name].result(timeout=timeout + 5)
+    except TimeoutError as exc:
+        raise LogError(f"Kafka did not answer the deletion of topic {name!r} in time") from exc
     except KafkaException as exc:
         error = exc.args[0]
         if isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
