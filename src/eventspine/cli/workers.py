@@ -53,17 +53,20 @@ class _Stopper:
 
 def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
     """Run ``workers`` children of this command line; return the combined exit code."""
-    children = [
-        subprocess.Popen(child_argv(sys.argv[1:], i))  # noqa: S603  # our own argv
-        for i in range(workers)
-    ]
     stopper = _Stopper()
     signals.executor = stopper
-    err.write(f"started {workers} workers (pids {', '.join(str(c.pid) for c in children)})\n")
-    err.flush()
+    children: list[subprocess.Popen[bytes]] = []
     forwarded: int | None = None
     code = 0
     try:
+        for i in range(workers):
+            # Their own session: a terminal's Ctrl-C reaches only the parent, which forwards
+            # it once (a second signal would make a child stop at once, without checkpoint).
+            child = subprocess.Popen(child_argv(sys.argv[1:], i), start_new_session=True)  # noqa: S603
+            children.append(child)  # one by one: a signal meanwhile still stops those started
+        pids = ", ".join(str(c.pid) for c in children)
+        err.write(f"started {workers} workers (pids {pids})\n")
+        err.flush()
         while any(c.poll() is None for c in children):
             if stopper.stopped and signals.received is not None and forwarded is None:
                 forwarded = signals.received
@@ -72,7 +75,7 @@ def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
                         c.send_signal(forwarded)
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed and forwarded is None:
-                code = failed[0]
+                code = _exit_code(failed[0])
                 forwarded = signal.SIGTERM
                 for c in children:
                     if c.poll() is None:
@@ -84,5 +87,10 @@ def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
             if c.poll() is None:
                 c.kill()
                 c.wait()
-    codes = [c.returncode for c in children]
+    codes = [_exit_code(c.returncode) for c in children]
     return code or next((c for c in codes if c != 0), 0)
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit code as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode

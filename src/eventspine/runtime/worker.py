@@ -123,12 +123,21 @@ class Worker:
         if not 0 <= worker < workers:
             raise ConfigError(f"worker index {worker} is not in 0..{workers - 1}")
         self.pipeline = pipeline
+        self._closed = False
+        self._member: Any = None
+        self._starting: list[int] = []
+        self._restoring = False
+        self.tasks: dict[int, Executor] = {}
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._own_log = isinstance(opts.log, str)
         self.log: Log = open_log(opts.log) if isinstance(opts.log, str) else opts.log
         self.options = replace(opts, log=self.log, handle_signals=False)
         self.policy = opts.checkpoint
-        partitions = source_partitions(pipeline, self.log)
+        try:
+            partitions = source_partitions(pipeline, self.log)
+        except BaseException:
+            self.close()
+            raise
         if partitions is None:
             self.close()
             raise ConfigError(
@@ -139,18 +148,14 @@ class Worker:
         self.worker, self.workers = worker, workers
         self.metrics = {n: StepMetrics(n, s.kind) for n, s in pipeline.steps.items()}
         self.inspector = Inspector(pipeline.name, self.metrics)
-        self.tasks: dict[int, Executor] = {}
         self.restored: dict[int, int | None] = {}
         self.dead_letters = DeadLetters()
         self.checkpoints = 0
         self.restarts = 0
-        self._starting: list[int] = []
         self._stop = threading.Event()
         self._interval_s = to_duration_ms(self.policy.interval) / 1000
         self._last_ckpt = self.clock.monotonic()
         self._records_since = 0
-        self._member: Any = None
-        self._closed = False
 
     # -- membership ----------------------------------------------------------------------
     def _join(self) -> None:
@@ -204,10 +209,14 @@ class Worker:
                 try:
                     if self.partitions > 1:
                         _refuse_shared_sinks(task)
+                    self._restoring = True  # restoring a large state is slow, not stuck
                     self.restored[p] = task.start()
                 except BaseException:
                     task.close()
                     raise
+                finally:
+                    self._restoring = False
+                    self._beat = time.monotonic()
                 self.tasks[p] = task
                 _log.info(
                     "pipeline %s: task %d started (checkpoint %s) in %.2f s",
@@ -284,8 +293,9 @@ class Worker:
                 self._restart_tasks(exc)  # e.g. the broker is restarting: redo, do not die
                 continue
             self._records_since += read
-            if self.tasks and all(t.ended for t in self.tasks.values()) and not self._member:
-                return False
+            static = self._member is None and not self._starting
+            if static and all(t.ended for t in self.tasks.values()):
+                return False  # bounded inputs ended (or this worker of a static split owns none)
             if self._due():
                 self.checkpoint()
             if read:
@@ -299,7 +309,7 @@ class Worker:
         while not self._closed:
             time.sleep(min(1.0, limit / 4))
             stuck = time.monotonic() - self._beat
-            if stuck > limit and not self._closed:
+            if stuck > limit and not self._closed and not self._restoring:
                 message = (
                     f"error: worker of pipeline '{self.pipeline.name}' is stuck: one pass of "
                     f"its loop has not finished for {stuck:.0f} s (stall timeout {limit:.0f} s; "

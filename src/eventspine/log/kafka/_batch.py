@@ -39,7 +39,16 @@ class KafkaBatch:
         commit: commits ``group``'s next offsets (outside any transaction).
     """
 
-    __slots__ = ("_commit", "_deliveries", "_flush", "_lookup", "_open", "_positions", "_produce")
+    __slots__ = (
+        "_commit",
+        "_deliveries",
+        "_flush",
+        "_flushed",
+        "_lookup",
+        "_open",
+        "_positions",
+        "_produce",
+    )
 
     def __init__(
         self, lookup: Callable[[str], TopicSpec], produce: Produce, flush: Flush, commit: Commit
@@ -51,10 +60,12 @@ class KafkaBatch:
         self._deliveries = Deliveries()
         self._positions: dict[str, dict[str, dict[int, int]]] = {}
         self._open = False
+        self._flushed = False
 
     def append(self, topic: str, partition: int, records: Sequence[LogRecord]) -> None:
         """Produce ``records`` to ``topic[partition]`` now (acknowledged by the block's end)."""
         self._check()
+        self._flushed = False
         spec = self._lookup(topic)
         check_partition(spec, partition)
         if records:
@@ -62,9 +73,17 @@ class KafkaBatch:
             self._produce(topic, partition, records, self._deliveries)
 
     def commit_positions(self, group: str, topic: str, positions: Mapping[int, int]) -> None:
-        """Remember ``group``'s next offsets; they are committed after the records."""
+        """Commit ``group``'s next offsets after the records (see the module doc).
+
+        After a :meth:`barrier` they are committed at once: the commit is the one step the
+        group fences, so a worker that lost the group fails here, before it appends a
+        checkpoint record; otherwise at the end of the block.
+        """
         self._check()
         checked = check_positions(self._lookup(topic), group, positions)
+        if self._flushed:
+            self._commit(group, {topic: checked})
+            return
         self._positions.setdefault(group, {}).setdefault(topic, {}).update(checked)
 
     def barrier(self) -> None:
@@ -79,6 +98,7 @@ class KafkaBatch:
         self._check()
         self._flush()
         self._deliveries.check("appending a checkpoint's records")
+        self._flushed = True
 
     def _check(self) -> None:
         if not self._open:

@@ -82,6 +82,8 @@ class KafkaGroupMember:
         self._consumer: Consumer = make_client(Consumer, config)
         self.owned: set[int] = set()
         self.rebalances = 0
+        #: called when the member leaves (the log forgets it as its group's member)
+        self.on_close: Callable[[], None] | None = None
         self._closed = False
         try:
             self._consumer.subscribe(
@@ -168,6 +170,8 @@ class KafkaGroupMember:
         if self._closed:
             return
         self._closed = True
+        if self.on_close is not None:
+            self.on_close()
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:

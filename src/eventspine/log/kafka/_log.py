@@ -338,6 +338,12 @@ class KafkaLog:
             session_timeout_ms=self._settings.session_timeout_ms,
         )
         self._txn.members[group] = member
+
+        def forget() -> None:
+            if self._txn.members.get(group) is member:
+                del self._txn.members[group]
+
+        member.on_close = forget
         return member
 
     def _plain_producer(self) -> Producer:
