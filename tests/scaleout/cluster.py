@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -155,7 +156,7 @@ def wait_output(
 ) -> list[dict[str, Any]]:
     """Wait until ``topic`` holds at least ``count`` committed records; return them."""
     deadline = time.monotonic() + timeout
-    rows = read_topic(log, topic)
+    rows: list[dict[str, Any]] = []
     while len(rows) < count:
         workers.supervise()
         if time.monotonic() > deadline:
@@ -164,11 +165,10 @@ def wait_output(
                 f"{topic} has {len(rows)} of {count} records after {timeout:.0f} s\n"
                 + workers.stderr()
             )
-        time.sleep(0.5)
-        try:
+        with contextlib.suppress(LogError):  # a broker of the cluster is down: ask again
             rows = read_topic(log, topic)
-        except LogError:  # a broker of the cluster is down right now: ask again
-            continue
+        if len(rows) < count:
+            time.sleep(0.5)
     return rows
 
 

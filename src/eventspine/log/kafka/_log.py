@@ -197,10 +197,17 @@ class KafkaLog:
                     isolation_level=IsolationLevel.READ_COMMITTED,
                     request_timeout=timeout,
                 )
-                return {
+                found = {
                     (tp.topic, tp.partition): future.result(timeout=timeout + 5).offset
                     for tp, future in futures.items()
                 }
+                if all(offset >= 0 for offset in found.values()):
+                    return found
+                # A partition without a leader (its broker just died) answers -1001 for a
+                # moment: not an offset, ask again (below) until the timeout.
+                if time.monotonic() > deadline:
+                    missing = sorted(f"{t}[{p}]" for (t, p), o in found.items() if o < 0)
+                    raise LogError(f"no offsets for Kafka partitions {missing}: no leader")
             except (KafkaException, TimeoutError) as exc:  # TimeoutError: the future's wait
                 error = exc.args[0] if exc.args else None
                 # A partition whose leader is moving (a new topic, a broker restart) answers
