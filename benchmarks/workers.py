@@ -233,21 +233,14 @@ def _ends(url: str) -> dict[int, int]:
 
 def read_output(url: str) -> list[dict[str, Any]]:
     """Every committed record of the output topic, decoded."""
-    from eventspine.log import open_log
+    from eventspine.log import open_log, read_all
 
     log = open_log(f"{url}?check=none")
     try:
         info = log.topics().get(OUT)
-        out: list[dict[str, Any]] = []
-        for po in [] if info is None else info.offsets:
-            offset = po.log_start
-            while offset < po.end:
-                batch = log.read(OUT, po.partition, offset, 20_000)
-                if not batch:
-                    break
-                out += [json.loads(r.value) for r in batch if r.value is not None]
-                offset = batch[-1].offset + 1
-        return out
+        if info is None:
+            return []
+        return [json.loads(r.value) for _, r in read_all(log, info) if r.value is not None]
     finally:
         log.close()
 

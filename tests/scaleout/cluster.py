@@ -16,7 +16,7 @@ from typing import Any
 
 from eventspine.connectors.topics import key_bytes, partition_for
 from eventspine.errors import LogError
-from eventspine.log import Log
+from eventspine.log import Log, read_all
 from eventspine.log.base import LogRecord, TopicSpec
 from eventspine.runtime.worker import EXIT_STALLED
 
@@ -57,16 +57,7 @@ def read_topic(log: Log, topic: str) -> list[dict[str, Any]]:
     info = log.topics().get(topic)
     if info is None:
         return []
-    out: list[dict[str, Any]] = []
-    for po in info.offsets:
-        offset = po.log_start
-        while offset < po.end:
-            batch = log.read(topic, po.partition, offset, 5000)
-            if not batch:
-                break
-            out += [json.loads(r.value) for r in batch if r.value is not None]
-            offset = batch[-1].offset + 1
-    return out
+    return [json.loads(r.value) for _, r in read_all(log, info) if r.value is not None]
 
 
 def canon(rows: list[dict[str, Any]]) -> Counter[str]:

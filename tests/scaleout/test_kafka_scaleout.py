@@ -121,3 +121,24 @@ def test_a_paused_worker_is_fenced_when_it_wakes(
         assert "session timed out" in zombie_log or "lost task(s)" in zombie_log, zombie_log
     finally:
         workers.close()
+
+
+def test_at_least_once_with_clean_restarts_matches_the_oracle(
+    kafka_log: Log, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`--at-least-once` commits outputs, state and positions without a transaction.
+
+    Without a crash nothing is replayed, so across a clean stop and restart the output
+    is still exactly the oracle's (a crash would be allowed to repeat some).
+    """
+    url = f"kafka://{kafka_bootstrap}"
+    recs, workers, out = _setup(kafka_log, tmp_path, url, records=2000, slow_ms=3)
+    try:
+        first = workers.start("--at-least-once")
+        wait_output(kafka_log, out, 500, workers, timeout=60)
+        assert workers.stop(first) == 143
+        workers.start("--at-least-once")
+        _finish(kafka_log, workers, recs, out)
+        assert "task 0 started (checkpoint None)" not in (tmp_path / "worker1.err").read_text()
+    finally:
+        workers.close()

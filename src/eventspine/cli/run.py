@@ -141,8 +141,15 @@ def _execute(
     pipeline: Pipeline, req: RunRequest, signals: Signals, err: TextIO, options: RunOptions
 ) -> tuple[int, RunResult]:
     executor: Executor | Worker
-    if source_partitions(pipeline, options.log) is not None:
-        executor = Worker(pipeline, options=options, worker=req.worker, workers=req.workers)
+    partitions = source_partitions(pipeline, options.log)
+    if partitions is not None:
+        executor = Worker(
+            pipeline,
+            options=options,
+            worker=req.worker,
+            workers=req.workers,
+            partitions=partitions,
+        )
     elif req.workers > 1:
         raise ConfigError(
             f"pipeline '{pipeline.name}' cannot run on {req.workers} workers: only a pipeline "

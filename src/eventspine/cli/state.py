@@ -24,7 +24,6 @@ import base64
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import msgspec
 
 from eventspine.errors import ConfigError, LogError
-from eventspine.log import Log, LogRecord, StoredRecord, TopicInfo
+from eventspine.log import Log, LogRecord, StoredRecord, TopicInfo, read_all
 from eventspine.runtime.checkpoint import names, read_last_meta
 
 from .topics import add_log_option, known_groups, open_cli_log, record_json, require_topic
@@ -79,18 +78,6 @@ def register(sub: Any) -> None:
 def _usage(p: argparse.ArgumentParser) -> int:
     p.print_help(sys.stderr)
     return 2
-
-
-def _read_all(log: Log, info: TopicInfo) -> Iterator[tuple[int, StoredRecord]]:
-    for po in info.offsets:
-        offset = po.log_start
-        while offset < po.end:
-            recs = log.read(info.name, po.partition, offset, 10_000)
-            if not recs:
-                break
-            for rec in recs:
-                yield po.partition, rec
-            offset = recs[-1].offset + 1
 
 
 # -- state -------------------------------------------------------------------------------
@@ -141,7 +128,7 @@ def _state_doc(log: Log, pipeline: str, url: str) -> dict[str, Any]:
     for step, info in sorted(_changelogs(pipeline, topics).items()):
         latest: dict[bytes | None, bool] = {}
         count = 0
-        for _, rec in _read_all(log, info):
+        for _, rec in read_all(log, info):
             latest[rec.key] = rec.value is not None
             count += 1
         state[step] = {
@@ -234,7 +221,7 @@ class _Marker:
 def _scan(log: Log, info: TopicInfo) -> tuple[list[tuple[int, StoredRecord, Any]], list[_Marker]]:
     letters: list[tuple[int, StoredRecord, Any]] = []
     markers: list[_Marker] = []
-    for part, rec in _read_all(log, info):
+    for part, rec in read_all(log, info):
         try:
             value = msgspec.json.decode(rec.value or b"null")
         except msgspec.DecodeError:

@@ -33,6 +33,8 @@ from eventspine.log.base import (
     StoredRecord,
     TopicInfo,
     TopicSpec,
+    read_all,
+    read_range,
 )
 from eventspine.log.memory import MemoryLog
 from eventspine.log.sqlite import SqliteLog
@@ -48,6 +50,8 @@ __all__ = [
     "TopicInfo",
     "TopicSpec",
     "open_log",
+    "read_all",
+    "read_range",
 ]
 
 _SCHEMES = "memory://, memory://name, sqlite:///absolute/path or sqlite://relative/path"

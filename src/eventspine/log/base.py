@@ -28,7 +28,7 @@ SQLite the whole checkpoint is one database transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Annotated, Protocol, Self
@@ -46,6 +46,8 @@ __all__ = [
     "StoredRecord",
     "TopicInfo",
     "TopicSpec",
+    "read_all",
+    "read_range",
 ]
 
 _INT64 = msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)
@@ -318,3 +320,29 @@ class Log(Protocol):
     def close(self) -> None:
         """Release files and connections; calling it again does nothing."""
         ...
+
+
+def read_range(
+    log: Log, topic: str, partition: int, start: int, end: int, batch: int = 10_000
+) -> Iterator[list[StoredRecord]]:
+    """Yield the committed records of ``topic[partition]`` from ``start`` until ``end``.
+
+    One list per ``Log.read`` (at most ``batch`` records). Offsets may have gaps
+    (compaction, Kafka transaction markers), so reading continues after the last
+    offset returned and stops at ``end`` or when a read returns nothing.
+    """
+    offset = start
+    while offset < end:
+        records = log.read(topic, partition, offset, batch)
+        if not records:
+            return
+        yield records
+        offset = records[-1].offset + 1
+
+
+def read_all(log: Log, info: TopicInfo) -> Iterator[tuple[int, StoredRecord]]:
+    """Yield ``(partition, record)`` for every committed record of a topic, in partition order."""
+    for po in info.offsets:
+        for records in read_range(log, info.name, po.partition, po.log_start, po.end):
+            for record in records:
+                yield po.partition, record

@@ -37,7 +37,7 @@ import msgspec
 
 from eventspine import failpoints
 from eventspine.errors import StateError
-from eventspine.log.base import LogRecord, TopicInfo, TopicSpec
+from eventspine.log.base import LogRecord, TopicInfo, TopicSpec, read_range
 from eventspine.runtime.operator import DeadLetterEntry, Operator
 from eventspine.serde.state import decode_state, encode_state
 from eventspine.timeutil import Clock, to_duration_ms
@@ -180,8 +180,13 @@ class Checkpointer:
         self.durations_s: list[float] = []
 
     # -- topics ------------------------------------------------------------------------
-    def ensure_topics(self) -> None:
-        """Create the internal topics this pipeline needs (idempotent)."""
+    def ensure_topics(self) -> dict[str, TopicInfo]:
+        """Create the internal topics this pipeline needs (idempotent).
+
+        Returns:
+            the topics as listed before any was created (a topic created here is empty),
+            so recovery needs no second listing.
+        """
         n = self.partitions
         specs = [checkpoints_spec(self.pipeline, n)]
         specs += [
@@ -201,11 +206,9 @@ class Checkpointer:
                     f"with the old partition count, or start fresh with "
                     f"`eventspine state reset {self.pipeline}`"
                 )
+        return existing
 
     # -- recovery ----------------------------------------------------------------------
-    def last_meta(self) -> CheckpointMeta | None:
-        """Return the last committed checkpoint's metadata, or ``None`` if there is none."""
-        return read_last_meta(self.log, self.pipeline, self.partition)
 
     def recover(self) -> int | None:
         """Restore state, positions, clocks and sinks from the last checkpoint.
@@ -216,8 +219,8 @@ class Checkpointer:
         Raises:
             StateError: the state was written by an incompatible pipeline.
         """
-        self.ensure_topics()
-        meta = self.last_meta()
+        topics = self.ensure_topics()
+        meta = read_last_meta(self.log, self.pipeline, self.partition, topics)
         failpoints.hit("recovery.before_restore")
         if meta is not None:
             # Refuse before any output file is touched (recovering a sink truncates it).
@@ -236,7 +239,6 @@ class Checkpointer:
                 recover(None if meta is None else meta.sinks.get(sink.name))
         if meta is None:
             return None
-        topics = self.log.topics()
         for op in self.stateful:
             op.restore(self._read_changelog(op.name, topics))
         by_name = {src.name: src for src in self.plan.sources}
@@ -288,18 +290,15 @@ class Checkpointer:
     def _read_changelog(self, step: str, topics: Mapping[str, TopicInfo]) -> list[tuple[Any, Any]]:
         topic = names.changelog(self.pipeline, step)
         latest: dict[bytes, bytes | None] = {}
-        info = topics[topic]
-        for po in info.offsets[self.partition : self.partition + 1]:
-            offset = po.log_start
-            while offset < po.end:
-                batch = self.log.read(topic, po.partition, offset, 10_000)
-                if not batch:
-                    break
-                failpoints.hit("recovery.mid_replay")
-                for rec in batch:
-                    assert rec.key is not None
-                    latest[rec.key] = rec.value
-                offset = batch[-1].offset + 1
+        info = topics.get(topic)
+        if info is None:
+            return []  # created by this recovery: nothing to replay
+        po = info.offsets[self.partition]
+        for batch in read_range(self.log, topic, self.partition, po.log_start, po.end):
+            failpoints.hit("recovery.mid_replay")
+            for rec in batch:
+                assert rec.key is not None
+                latest[rec.key] = rec.value
         return [
             (decode_state(k, step=step), decode_state(v, step=step))
             for k, v in latest.items()
@@ -515,15 +514,18 @@ def open_transaction(log: Log, policy: CheckpointPolicy) -> LogTransaction:
     return log.transaction()
 
 
-def read_last_meta(log: Log, pipeline: str, partition: int = 0) -> CheckpointMeta | None:
+def read_last_meta(
+    log: Log, pipeline: str, partition: int = 0, topics: Mapping[str, TopicInfo] | None = None
+) -> CheckpointMeta | None:
     """Return the last committed checkpoint metadata of ``pipeline`` in ``log``, if any.
 
-    ``partition`` is the task's partition (0 for a pipeline that is not partitioned).
+    ``partition`` is the task's partition (0 for a pipeline that is not partitioned);
+    ``topics`` is a listing of the log the caller already has (default: list it here).
     On Kafka the last offsets of a partition are transaction markers, not records, so
     the tail is read from a few offsets back (more if those were all markers).
     """
     topic = names.checkpoints(pipeline)
-    info = log.topics().get(topic)
+    info = (log.topics() if topics is None else topics).get(topic)
     if info is None or len(info.offsets) <= partition:
         return None
     po = info.offsets[partition]
@@ -531,15 +533,10 @@ def read_last_meta(log: Log, pipeline: str, partition: int = 0) -> CheckpointMet
     back = 4
     while value is None:
         start = max(po.log_start, po.end - back)
-        offset = start
-        while offset < po.end:
-            recs = log.read(topic, partition, offset, 64)
-            if not recs:
-                break
+        for recs in read_range(log, topic, partition, start, po.end, 64):
             for rec in recs:
                 if rec.value is not None:
                     value = rec.value
-            offset = recs[-1].offset + 1
         if start == po.log_start:
             break
         back *= 8

@@ -364,14 +364,16 @@ def run(
 
     from eventspine.runtime.worker import Worker, source_partitions
 
-    log: Log = open_log(opts.log) if isinstance(opts.log, str) else opts.log
+    own = isinstance(opts.log, str)
+    log: Log = open_log(opts.log) if own else opts.log
     try:
         opts = replace(opts, log=log)
-        if source_partitions(pipeline, log) is None:
+        partitions = source_partitions(pipeline, log)
+        if partitions is None:
             return Executor(pipeline, clock=clock, options=opts).run()
-        worker = Worker(pipeline, clock=clock, options=opts)
+        worker = Worker(pipeline, clock=clock, options=opts, partitions=partitions)
         with stop_on_signals(worker.stop, opts.handle_signals):
             return worker.run()
     finally:
-        if isinstance(options.log if options else None, str):
+        if own:
             log.close()

@@ -47,6 +47,7 @@ from eventspine.dataflow.steps import SourceStep
 from eventspine.errors import ConfigError, DefinitionError, LogError
 from eventspine.log import Log, open_log
 from eventspine.runtime.checkpoint import (
+    Checkpointer,
     PendingCheckpoint,
     checkpoints_spec,
     names,
@@ -103,6 +104,8 @@ class Worker:
         options: as for :class:`Executor`; ``options.log`` is required.
         worker: this worker's index, for the static split (logs without groups).
         workers: how many workers share the tasks in the static split.
+        partitions: the task count, when the caller already asked
+            :func:`source_partitions` (else it is asked here).
 
     Raises:
         ConfigError: no log, or the pipeline is not partitioned.
@@ -116,6 +119,7 @@ class Worker:
         options: RunOptions | None = None,
         worker: int = 0,
         workers: int = 1,
+        partitions: int | None = None,
     ) -> None:
         opts = options or RunOptions()
         if opts.log is None:
@@ -133,11 +137,12 @@ class Worker:
         self.log: Log = open_log(opts.log) if isinstance(opts.log, str) else opts.log
         self.options = replace(opts, log=self.log, handle_signals=False)
         self.policy = opts.checkpoint
-        try:
-            partitions = source_partitions(pipeline, self.log)
-        except BaseException:
-            self.close()
-            raise
+        if partitions is None:
+            try:
+                partitions = source_partitions(pipeline, self.log)
+            except BaseException:
+                self.close()
+                raise
         if partitions is None:
             self.close()
             raise ConfigError(
@@ -340,23 +345,22 @@ class Worker:
         self._records_since = 0
         if not self.tasks:
             return
-        pending: list[tuple[Executor, PendingCheckpoint]] = []
+        pending: list[tuple[Checkpointer, PendingCheckpoint]] = []
         for task in self.tasks.values():
-            assert task.checkpointer is not None
-            pending.append((task, task.checkpointer.prepare(task.watermarks())))
+            ckpt = task.checkpointer
+            assert ckpt is not None  # a task always has the worker's log
+            pending.append((ckpt, ckpt.prepare(task.watermarks())))
         try:
             with open_transaction(self.log, self.policy) as txn:
-                for task, p in pending:
-                    assert task.checkpointer is not None
-                    task.checkpointer.write(txn, p)
+                for ckpt, p in pending:
+                    ckpt.write(txn, p)
         except LogError as exc:
             if self._member is None:
                 raise
             self._restart_tasks(exc)
             return
-        for task, p in pending:
-            assert task.checkpointer is not None
-            task.checkpointer.committed(p)
+        for ckpt, p in pending:
+            ckpt.committed(p)
         self.checkpoints += 1
 
     def _restart_tasks(self, exc: LogError) -> None:

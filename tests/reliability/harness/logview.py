@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from eventspine.log import Log, open_log
+from eventspine.log import Log, open_log, read_all
 from eventspine.runtime.checkpoint import CheckpointMeta, names, read_last_meta
 from eventspine.serde.state import decode_state
 
@@ -35,16 +35,7 @@ def _read_all(log: Log, topic: str) -> list[Any]:
     info = log.topics().get(topic)
     if info is None:
         return []
-    out: list[Any] = []
-    for po in info.offsets:
-        offset = po.log_start
-        while offset < po.end:
-            batch = log.read(topic, po.partition, offset, 10_000)
-            if not batch:
-                break
-            out.extend(batch)
-            offset = batch[-1].offset + 1
-    return out
+    return [rec for _, rec in read_all(log, info)]
 
 
 class LogView:

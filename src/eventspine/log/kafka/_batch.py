@@ -42,6 +42,7 @@ class KafkaBatch:
     __slots__ = (
         "_commit",
         "_deliveries",
+        "_entered",
         "_flush",
         "_flushed",
         "_lookup",
@@ -60,6 +61,7 @@ class KafkaBatch:
         self._deliveries = Deliveries()
         self._positions: dict[str, dict[str, dict[int, int]]] = {}
         self._open = False
+        self._entered = False
         self._flushed = False
 
     def append(self, topic: str, partition: int, records: Sequence[LogRecord]) -> None:
@@ -96,6 +98,9 @@ class KafkaBatch:
             LogError: a record was refused or not acknowledged in time.
         """
         self._check()
+        self._settle()
+
+    def _settle(self) -> None:
         self._flush()
         self._deliveries.check("appending a checkpoint's records")
         self._flushed = True
@@ -105,9 +110,9 @@ class KafkaBatch:
             raise LogError("this batch is not open: use it inside `with log.non_atomic_...():`")
 
     def __enter__(self) -> Self:
-        if self._open:
+        if self._open or self._entered:
             raise LogError("a batch can be entered only once")
-        self._open = True
+        self._open = self._entered = True
         return self
 
     def __exit__(
@@ -119,7 +124,6 @@ class KafkaBatch:
         self._open = False
         if exc_type is not None:
             return  # what was produced stays produced: at-least-once
-        self._flush()
-        self._deliveries.check("appending a checkpoint's records")
+        self._settle()
         for group, topics in self._positions.items():
             self._commit(group, topics)
