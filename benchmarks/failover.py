@@ -4,7 +4,11 @@ Issue 4's target: "kill -9 of one of three workers holding 1,000,000 keys of sta
 its partitions produce output again: under 10 s". Run (starts and stops its own broker)::
 
     .venv/bin/python benchmarks/failover.py [--keys 1000000] [--variants process,window]
-        [--sessions 6000,2000] [--port-base 9460] [--no-mid-txn] [--profile-restore]
+        [--sessions 6000,2000] [--standby off,on] [--port-base 9460] [--no-mid-txn]
+        [--profile-restore]
+
+``--standby off,on`` runs each scenario twice, without and with ``eventspine run --standby``
+(warm copies of the other workers' state, :mod:`eventspine.runtime.standby`).
 
 (the figures of 2026-11-22: ``--keys 1000000 --variants process,window --sessions 6000,2000
 --profile-restore``, about 17 min on 2 shared cores).
@@ -453,11 +457,12 @@ def scenario(
     limit_s: float,
     mid_txn: bool,
     profile: bool = False,
+    standby: bool = False,
 ) -> dict[str, Any]:
     """Load, kill -9, rejoin, SIGTERM (see the module doc); return the figures."""
     from eventspine.log.kafka import KafkaLog
 
-    tag = f"{variant}-{session_ms}-{uuid.uuid4().hex[:6]}"
+    tag = f"{variant}-{session_ms}-{'sb' if standby else 'cold'}-{uuid.uuid4().hex[:6]}"
     app, out = f"fo_{tag.replace('-', '_')}", f"fo-out-{tag}"
     work = WORK / tag
     work.mkdir(parents=True, exist_ok=True)
@@ -467,10 +472,16 @@ def scenario(
     def start(i: int, extra_env: dict[str, str] | None = None) -> Proc:
         cmd = [EVENTSPINE, "run", f"{HERE / 'failover.py'}:pipeline", "--log-url", url,
                "--checkpoint-interval-ms", "1000", "--log-level", "INFO", "--no-progress",
-               "--quiet", "--state-dir", str(work / f"state{i}")]  # fmt: skip
+               "--quiet", "--state-dir", str(work / f"state{i}"),
+               *(["--standby"] if standby else [])]  # fmt: skip
         return Proc(i, cmd, {**env, **(extra_env or {})}, work)
 
-    res: dict[str, Any] = {"variant": variant, "session_timeout_ms": session_ms, "app": app}
+    res: dict[str, Any] = {
+        "variant": variant,
+        "session_timeout_ms": session_ms,
+        "standby": standby,
+        "app": app,
+    }
     log = KafkaLog(bootstrap)
     procs: list[Proc] = []
     trickle = reader = None
@@ -615,6 +626,7 @@ def main() -> None:
     ap.add_argument("--limit-s", type=float, default=120)
     ap.add_argument("--mid-txn", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--profile-restore", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--standby", default="off", help="off, on or off,on: run with --standby")
     a = ap.parse_args()
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -629,17 +641,19 @@ def main() -> None:
         produce_input(bootstrap, topic, a.keys)
         for variant in a.variants.split(","):
             for session in [int(s) for s in a.sessions.split(",")]:
-                result["scenarios"].append(
-                    scenario(
-                        bootstrap,
-                        topic,
-                        variant,
-                        session,
-                        a.limit_s,
-                        a.mid_txn,
-                        profile=a.profile_restore,
+                for standby in a.standby.split(","):
+                    result["scenarios"].append(
+                        scenario(
+                            bootstrap,
+                            topic,
+                            variant,
+                            session,
+                            a.limit_s,
+                            a.mid_txn,
+                            profile=a.profile_restore,
+                            standby=standby == "on",
+                        )
                     )
-                )
     print_table(result)
     out = HERE / "results" / f"failover_{datetime.now(UTC):%Y-%m-%d}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -649,7 +663,7 @@ def main() -> None:
 def print_table(result: dict[str, Any]) -> None:
     """One row per (scenario, stop kind, partition)."""
     print(f"\nfailover, {result['keys']:,} keys, 6 partitions, 3 workers (target: < 10 s)")
-    print(f"{'variant':8} {'session':>7} {'stop':5} {'p':>2} {'failover s':>10} {'assigned s':>10} "
+    print(f"{'variant':8} {'session':>7} {'sb':3} {'stop':5} {'p':>2} {'failover s':>10} {'assigned s':>10} "
           f"{'restore s':>9} {'1st out s':>9} {'load s':>6} {'load1':>5}  exactly-once")  # fmt: skip
     for s in result["scenarios"]:
         if "error" in s:
@@ -662,7 +676,8 @@ def print_table(result: dict[str, Any]) -> None:
                 continue
             for p, row in r["per_partition"].items():
                 print(
-                    f"{s['variant']:8} {s['session_timeout_ms']:>7} {how:5} {p:>2} "
+                    f"{s['variant']:8} {s['session_timeout_ms']:>7} "
+                    f"{'on' if s.get('standby') else 'off':3} {how:5} {p:>2} "
                     f"{_f(row.get('failover_s'))} {_f(row.get('assigned_s'))} "
                     f"{_f(row.get('restore_s'), 9)} {_f(row.get('first_output_s'), 9)} "
                     f"{s['load_s']:>6.0f} {r['load1']:>5.2f}  {eo}"

@@ -13,7 +13,8 @@ edge with ``raise ... from exc``, so callers only ever catch these::
     ├── SinkError              a sink failed to write
     ├── LogError               the durable log refused or failed an operation
     │   ├── TopicNotFoundError
-    │   └── StorageCorruptError   a file is damaged; the message names the file
+    │   ├── StorageCorruptError   a file is damaged; the message names the file
+    │   └── TransactionAbortedError  a commit failed and was aborted: none of it is visible
     ├── StateError             state could not be restored or does not match the pipeline
     └── StoppedError           the run was stopped (SIGINT/SIGTERM) before it finished
 
@@ -38,6 +39,7 @@ __all__ = [
     "StorageCorruptError",
     "StoppedError",
     "TopicNotFoundError",
+    "TransactionAbortedError",
 ]
 
 
@@ -126,6 +128,14 @@ class TopicNotFoundError(LogError):
 
 class StorageCorruptError(LogError):
     """A storage file is damaged; the message names the file and what to do."""
+
+
+class TransactionAbortedError(LogError):
+    """A transaction's commit failed and the transaction was aborted for certain.
+
+    None of it is visible, so writing the same records again in a new transaction
+    cannot duplicate them (unlike a commit whose outcome is unknown).
+    """
 
 
 class StateError(EventspineError):

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from eventspine.connectors.topics import key_bytes, partition_for
 from eventspine.errors import LogError
@@ -66,10 +66,17 @@ def canon(rows: list[dict[str, Any]]) -> Counter[str]:
 
 
 class Workers:
-    """Worker processes of the scale-out pipeline (``eventspine run`` each)."""
+    """Worker processes of a scale-out pipeline (``eventspine run TARGET`` each)."""
 
-    def __init__(self, url: str, env: dict[str, str], tmp: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        env: dict[str, str],
+        tmp: Path,
+        target: str = "tests/scaleout/pipeline.py:pipeline",
+    ) -> None:
         self.url = url
+        self.target = target
         self.env = {**os.environ, **env}
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -83,7 +90,7 @@ class Workers:
             [
                 EVENTSPINE,
                 "run",
-                "tests/scaleout/pipeline.py:pipeline",
+                self.target,
                 "--log-url",
                 self.url,
                 "--state-dir",
@@ -103,8 +110,12 @@ class Workers:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+        """SIGTERM ``proc``; return its exit code (143: stopped by the signal, cleanly)."""
         proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout)
+        code = proc.wait(timeout)
+        # Killed by the signal itself: it came before the CLI installed its handlers (the
+        # worker was still importing, on a loaded machine), so it had done nothing yet.
+        return 143 if code == -signal.SIGTERM else code
 
     def wait_log(self, index: int, text: str, timeout: float = 60) -> None:
         """Wait until worker ``index`` has logged ``text``."""
@@ -140,6 +151,15 @@ class Workers:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def start_workers(
+    url: str, workers: int, env: dict[str, str], stderr: IO[bytes], *extra: str
+) -> subprocess.Popen[bytes]:
+    """``eventspine run`` of the oracle pipeline with ``--workers N`` on ``url``."""
+    target = "tests/scaleout/pipeline.py:pipeline"
+    args = [EVENTSPINE, "run", target, "--log-url", url, "--workers", str(workers), *extra]
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stderr=stderr)
 
 
 def wait_output(

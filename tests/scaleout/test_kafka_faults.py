@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from eventspine.log import Log, open_log
+from eventspine.runtime.worker import EXIT_STALLED
 from kafka_broker import KafkaCluster, running_kafka
 
 from .cluster import Workers, judge, judge_windows, make_input, read_topic, wait_output
@@ -35,7 +36,9 @@ def _run(log: Log, workers: Workers, recs: list[dict[str, object]], out: str) ->
     time.sleep(1.0)
     for proc in workers.procs:
         if proc.poll() is None:
-            assert workers.stop(proc) in (0, 143), workers.stderr()
+            # 75: stuck in a Kafka call after the broker faults, the watchdog ended it (the
+            # output is judged below either way).
+            assert workers.stop(proc) in (0, 143, EXIT_STALLED), workers.stderr()
     judge(recs, read_topic(log, out))  # type: ignore[arg-type]
     judge_windows(recs, read_topic(log, f"{out}.windows"))  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ right and emitted once.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 import uuid
@@ -132,13 +133,38 @@ def test_at_least_once_with_clean_restarts_matches_the_oracle(
     is still exactly the oracle's (a crash would be allowed to repeat some).
     """
     url = f"kafka://{kafka_bootstrap}"
-    recs, workers, out = _setup(kafka_log, tmp_path, url, records=2000, slow_ms=3)
+    recs, workers, out = _setup(kafka_log, tmp_path, url, records=2000, slow_ms=5)
     try:
         first = workers.start("--at-least-once")
         wait_output(kafka_log, out, 500, workers, timeout=60)
         assert workers.stop(first) == 143
+        done = len(read_topic(kafka_log, out))
+        assert done < len(recs) - 300, "the first worker finished the input: slow it down"
         workers.start("--at-least-once")
+        workers.wait_log(1, "started (checkpoint")
         _finish(kafka_log, workers, recs, out)
         assert "task 0 started (checkpoint None)" not in (tmp_path / "worker1.err").read_text()
+    finally:
+        workers.close()
+
+
+def test_standby_copies_take_over_a_killed_worker(
+    kafka_log: Log, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`--standby`: the survivor restores the killed worker's tasks from its warm copies."""
+    url = f"kafka://{kafka_bootstrap}"
+    recs, workers, out = _setup(kafka_log, tmp_path, url, records=2500, slow_ms=3)
+    try:
+        victim = workers.start("--standby")
+        workers.start("--standby")
+        workers.wait_log(1, "started (checkpoint")
+        wait_output(kafka_log, out, 800, workers, timeout=60)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        workers.wait_log(1, "from a standby copy", timeout=60)
+        _finish(kafka_log, workers, recs, out)
+        took = re.findall(r"from a standby copy \((\d+) changelog", workers.stderr())
+        assert took, workers.stderr()
+        assert max(map(int, took)) > 0, workers.stderr()
     finally:
         workers.close()

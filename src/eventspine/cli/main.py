@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         help="commit outputs and positions without a transaction (faster on Kafka; a crash "
         "replays, so outputs may repeat)",
     )
+    run.add_argument(
+        "--standby",
+        action="store_true",
+        help="on Kafka, keep warm copies of the state of the tasks other workers own, so a "
+        "task restores fast when it moves here (costs memory: each worker holds all state)",
+    )
 
     demo = sub.add_parser("demo", help="run the market-ticks demo (bars, VWAP, spikes, sectors)")
     demo.add_argument("--events", type=int, default=1_000_000, help="ticks to generate (1,000,000)")
@@ -211,6 +217,7 @@ def _command(args: argparse.Namespace, signals: Signals, err: TextIO) -> int:
             workers=args.workers,
             exactly_once=not args.at_least_once,
             stall_timeout_s=args.stall_timeout_s or None,
+            standby=args.standby,
         )
         pipeline = load_pipeline(args.target)
         code, _result = execute(pipeline, req, signals, err)

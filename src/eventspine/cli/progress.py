@@ -21,6 +21,9 @@ __all__ = ["ProgressLine", "format_summary", "format_duration"]
 class ProgressLine:
     """A background thread printing ``read/written/rate/lag/late/dead`` to ``stream``.
 
+    In a partitioned run it also shows the consumer lag and the restores in progress
+    when there are any (see :func:`worker_text`).
+
     Args:
         inspector: the running pipeline's metrics.
         stream: where to draw (stderr).
@@ -80,10 +83,33 @@ class ProgressLine:
         lag_text = "-" if lag is None else format_duration(lag)
         return (
             f"{self.inspector.pipeline}: read {read:,} | written {int(totals['written']):,} | "
-            f"{rate:,.0f}/s | wm lag {lag_text} | late {int(totals['late']):,} | "
+            f"{rate:,.0f}/s | wm lag {lag_text} | {worker_text(self.inspector)}"
+            f"late {int(totals['late']):,} | "
             f"dead letters {int(totals['dead_lettered']):,} | "
             f"{format_duration(totals['elapsed_s'])}"
         )
+
+
+def worker_text(inspector: Inspector) -> str:
+    """``lag 12,345 | restoring 2 tasks 45% | `` for a worker, each part only when non-zero.
+
+    The lag is the consumer lag summed over the worker's source partitions (records
+    not read yet); the percentage is the share of the running restores' changelogs
+    replayed so far.
+    """
+    worker = inspector.worker
+    if worker is None:
+        return ""
+    parts: list[str] = []
+    lag = worker.total_lag()
+    if lag:
+        parts.append(f"lag {lag:,}")
+    snap = worker.snapshot()
+    fraction = snap.restore_fraction
+    if fraction is not None:
+        tasks = "task" if snap.restoring == 1 else "tasks"
+        parts.append(f"restoring {snap.restoring} {tasks} {fraction:.0%}")
+    return "".join(f"{part} | " for part in parts)
 
 
 def watermark_lag_s(inspector: Inspector, now_s: float | None = None) -> float | None:

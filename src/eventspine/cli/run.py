@@ -102,6 +102,7 @@ class RunRequest:
     workers: int = 1
     exactly_once: bool = True
     stall_timeout_s: float | None = 120.0
+    standby: bool = False
 
 
 def execute(
@@ -129,6 +130,7 @@ def execute(
         handle_signals=False,  # the CLI handles them, to remember which signal it was
         max_wall=None if req.max_seconds is None else timedelta(seconds=req.max_seconds),
         stall_timeout=None if not req.stall_timeout_s else timedelta(seconds=req.stall_timeout_s),
+        standby=req.standby,
     )
     log = open_log(s.log)
     try:

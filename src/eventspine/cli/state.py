@@ -124,6 +124,11 @@ def _state_doc(log: Log, pipeline: str, url: str) -> dict[str, Any]:
         for name in topics
         if not name.startswith("__es.") and (pos := log.committed(pipeline, name))
     }
+    # The consumer lag of each committed position: the partition's end minus it.
+    doc["lag"] = {
+        name: {p: max(0, topics[name].offsets[int(p)].end - o) for p, o in pos.items()}
+        for name, pos in doc["committed"].items()
+    }
     state: dict[str, Any] = {}
     for step, info in sorted(_changelogs(pipeline, topics).items()):
         latest: dict[bytes | None, bool] = {}
@@ -163,7 +168,12 @@ def _show(args: argparse.Namespace) -> int:
             out.write(f"    {step}: {text}\n")
     for name, pos in doc["committed"].items():
         text = " ".join(f"{p}={o}" for p, o in pos.items())
-        out.write(f"  committed positions of topic {name!r}: {text}\n")
+        lag = doc["lag"][name]
+        lags = " ".join(f"{p}={n}" for p, n in lag.items())
+        out.write(
+            f"  committed positions of topic {name!r}: {text}\n"
+            f"    lag (end offset - position): {lags} (total {sum(lag.values()):,})\n"
+        )
     out.write("  state (changelog topics):\n")
     if not doc["state"]:
         out.write("    none\n")

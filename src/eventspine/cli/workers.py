@@ -8,14 +8,23 @@ split is static (task ``p`` runs in worker ``p % N``). The parent forwards
 SIGINT/SIGTERM to every child, waits for all of them, and exits with the first
 non-zero exit code (0 when all finished cleanly). A child that fails makes the
 parent stop the others, so a half-running pipeline never goes unnoticed.
+
+Children die with the parent: on Linux each asks the kernel for SIGTERM when its
+parent exits (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the parent stops the
+workers cleanly (a final checkpoint each) instead of leaving them running
+beside the next ``eventspine run`` of the same pipeline, which on SQLite has no
+fencing and would duplicate output.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from .run import Signals
@@ -41,6 +50,23 @@ def child_argv(args: list[str], index: int) -> list[str]:
     return [*out, "--worker-index", str(index)]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent`` exits (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class _Stopper:
     """Marks that a signal asked the workers to stop (the loop forwards it)."""
 
@@ -62,7 +88,11 @@ def run_workers(workers: int, signals: Signals, err: TextIO) -> int:
         for i in range(workers):
             # Their own session: a terminal's Ctrl-C reaches only the parent, which forwards
             # it once (a second signal would make a child stop at once, without checkpoint).
-            child = subprocess.Popen(child_argv(sys.argv[1:], i), start_new_session=True)  # noqa: S603
+            child = subprocess.Popen(  # noqa: S603
+                child_argv(sys.argv[1:], i),
+                start_new_session=True,
+                preexec_fn=_die_with(os.getpid()),  # the parent runs no other thread
+            )
             children.append(child)  # one by one: a signal meanwhile still stops those started
         pids = ", ".join(str(c.pid) for c in children)
         err.write(f"started {workers} workers (pids {pids})\n")

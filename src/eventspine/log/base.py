@@ -28,7 +28,7 @@ SQLite the whole checkpoint is one database transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Annotated, Protocol, Self
@@ -41,11 +41,14 @@ from eventspine.timeutil import to_duration_ms
 __all__ = [
     "Log",
     "LogRecord",
+    "LogTail",
     "LogTransaction",
     "PartitionOffsets",
     "StoredRecord",
     "TopicInfo",
+    "TailRecord",
     "TopicSpec",
+    "open_tail",
     "read_all",
     "read_range",
 ]
@@ -346,3 +349,73 @@ def read_all(log: Log, info: TopicInfo) -> Iterator[tuple[int, StoredRecord]]:
         for records in read_range(log, info.name, po.partition, po.log_start, po.end):
             for record in records:
                 yield po.partition, record
+
+
+#: One record a :class:`LogTail` delivers: ``(topic, partition, offset, key, value)``.
+TailRecord = tuple[str, int, int, bytes | None, bytes | None]
+
+
+class LogTail(Protocol):
+    """Follows the committed records of many partitions at once, without blocking.
+
+    Standby tasks use one to keep warm copies of changelogs; it hands out bare
+    keys and values (no headers, no timestamps), which is all a changelog needs.
+    """
+
+    def assign(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Follow each ``(topic, partition)`` from the given offset on."""
+        ...
+
+    def unassign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Stop following these partitions."""
+        ...
+
+    def poll(self, max_records: int) -> list[TailRecord]:
+        """Return at most ``max_records`` records that have arrived (``[]`` at once if none).
+
+        Raises:
+            LogError: the log failed; the tail's positions are then undefined.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the tail's resources."""
+        ...
+
+
+class _ReadingTail:
+    """A :class:`LogTail` on top of ``Log.read``, for logs whose reads are local and cheap."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._next: dict[tuple[str, int], int] = {}
+
+    def assign(self, positions: Mapping[tuple[str, int], int]) -> None:
+        self._next.update(positions)
+
+    def unassign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        for tp in partitions:
+            self._next.pop(tp, None)
+
+    def poll(self, max_records: int) -> list[TailRecord]:
+        out: list[TailRecord] = []
+        for (topic, partition), offset in self._next.items():
+            if len(out) >= max_records:
+                break
+            records = self._log.read(topic, partition, offset, max_records - len(out))
+            if records:
+                out.extend((topic, partition, r.offset, r.key, r.value) for r in records)
+                self._next[topic, partition] = records[-1].offset + 1
+        return out
+
+    def close(self) -> None:
+        self._next.clear()
+
+
+def open_tail(log: Log) -> LogTail:
+    """A :class:`LogTail` of ``log``: its own (``log.open_tail()``) if it has one, else reads."""
+    factory = getattr(log, "open_tail", None)
+    if factory is not None:
+        tail: LogTail = factory()
+        return tail
+    return _ReadingTail(log)

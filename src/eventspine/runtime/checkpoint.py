@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from eventspine import failpoints
-from eventspine.errors import StateError
+from eventspine.errors import LogError, StateError
 from eventspine.log.base import LogRecord, TopicInfo, TopicSpec, read_range
 from eventspine.runtime.operator import DeadLetterEntry, Operator
 from eventspine.serde.state import decode_state, encode_state
@@ -45,7 +45,8 @@ from eventspine.timeutil import Clock, to_duration_ms
 if TYPE_CHECKING:
     from eventspine.log.base import Log, LogTransaction
     from eventspine.runtime.plan import Plan
-    from eventspine.runtime.routing import SinkOperator
+    from eventspine.runtime.standby import WarmChangelog
+    from eventspine.runtime.worker_metrics import RestoreProgress
 
 __all__ = [
     "CheckpointMeta",
@@ -61,6 +62,8 @@ __all__ = [
 _META_FORMAT = 1
 #: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
 RETENTION_EVERY_S = 60.0
+#: How long a restore waits for the last checkpoint record to catch up with the positions.
+AWAIT_VISIBLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -116,14 +119,35 @@ class CheckpointMeta(msgspec.Struct, kw_only=True):
     records_read: int = 0
 
 
-@dataclass(frozen=True)
+#: Records for one partition: ``(topic, partition, records)``.
+_Appends = list[tuple[str, int, list[LogRecord]]]
+
+
+@dataclass
+class _Staged:
+    """Everything :meth:`Checkpointer.write` appends, kept to write it again."""
+
+    state: _Appends
+    outputs: _Appends
+    positions: list[tuple[str, dict[int, int]]]
+    meta: LogRecord
+
+
+@dataclass
 class PendingCheckpoint:
-    """A checkpoint between :meth:`Checkpointer.prepare` and :meth:`Checkpointer.committed`."""
+    """A checkpoint between :meth:`Checkpointer.prepare` and :meth:`Checkpointer.committed`.
+
+    The first :meth:`Checkpointer.write` takes the state changes and outputs out of the
+    operators and sinks and keeps them here, so a transaction that was aborted for certain
+    (:class:`~eventspine.errors.TransactionAbortedError`) can be written again, unchanged,
+    in a new one, as long as the task has not processed anything since.
+    """
 
     id: int
     started: float
     watermarks: dict[str, int]
     intents: dict[str, Any]
+    staged: _Staged | None = None
 
 
 class Checkpointer:
@@ -178,6 +202,8 @@ class Checkpointer:
             )
         self.signature = _signature(plan)
         self.durations_s: list[float] = []
+        #: set by a worker before ``recover`` to follow the restore (metrics)
+        self.restore_progress: RestoreProgress | None = None
 
     # -- topics ------------------------------------------------------------------------
     def ensure_topics(self) -> dict[str, TopicInfo]:
@@ -210,8 +236,13 @@ class Checkpointer:
 
     # -- recovery ----------------------------------------------------------------------
 
-    def recover(self) -> int | None:
+    def recover(self, warm: Mapping[str, WarmChangelog] | None = None) -> int | None:
         """Restore state, positions, clocks and sinks from the last checkpoint.
+
+        Args:
+            warm: a standby copy of this task's changelogs, by step (see
+                :mod:`eventspine.runtime.standby`): state is read from it and from the
+                changelog records after it, instead of from the whole changelog.
 
         Returns:
             the checkpoint id resumed from, or ``None`` on a fresh start.
@@ -220,7 +251,18 @@ class Checkpointer:
             StateError: the state was written by an incompatible pipeline.
         """
         topics = self.ensure_topics()
+        settle = getattr(self.log, "await_settled", None)
+        if settle is not None:
+            # A previous owner that died inside a transaction hides what was committed after
+            # it until the broker aborts it: wait, or this restore would resume from an
+            # older checkpoint than the last committed one (see KafkaLog.await_settled).
+            mine = [names.checkpoints(self.pipeline)]
+            mine += [names.changelog(self.pipeline, op.name) for op in self.stateful]
+            if settle([(t, self.partition) for t in mine if t in topics]):
+                topics = self.log.topics()
         meta = read_last_meta(self.log, self.pipeline, self.partition, topics)
+        if self.policy.exactly_once:
+            meta = self._await_visible(meta)
         failpoints.hit("recovery.before_restore")
         if meta is not None:
             # Refuse before any output file is touched (recovering a sink truncates it).
@@ -239,8 +281,12 @@ class Checkpointer:
                 recover(None if meta is None else meta.sinks.get(sink.name))
         if meta is None:
             return None
+        if self.restore_progress is not None:  # metrics hook
+            changelogs = [names.changelog(self.pipeline, op.name) for op in self.stateful]
+            self.restore_progress.plan(topics, self.partition, changelogs)
         for op in self.stateful:
-            op.restore(self._read_changelog(op.name, topics))
+            copy = None if warm is None else warm.get(op.name)
+            op.restore(self._read_changelog(op.name, topics, copy))
         by_name = {src.name: src for src in self.plan.sources}
         for step, positions in meta.positions.items():
             src = by_name[step]
@@ -263,6 +309,49 @@ class Checkpointer:
         self._records_total = meta.records_read
         failpoints.hit("recovery.after_restore")
         return meta.id
+
+    def _await_visible(self, meta: CheckpointMeta | None) -> CheckpointMeta | None:
+        """Return the last checkpoint, waiting until it is as new as the committed positions.
+
+        A checkpoint's positions are committed in its own transaction. When its writer
+        crashed while the broker was completing that transaction (a broker restart
+        mid-commit), the positions can become stable, as the topic sources read them,
+        slightly before the checkpoint record is visible to ``read_committed``
+        readers: restoring from the record before it would process its records twice.
+        The readers are made first (on Kafka their positions fetch waits until no
+        transaction holding them is in doubt); then the record is read again until it
+        has caught up with them.
+
+        Raises:
+            LogError: the checkpoint record stays behind for ``AWAIT_VISIBLE_S``.
+        """
+        deadline = self.clock.monotonic() + AWAIT_VISIBLE_S
+        while True:
+            behind = self._behind(meta)
+            if behind is None:
+                return meta
+            if self.clock.monotonic() >= deadline:
+                raise LogError(
+                    f"pipeline '{self.pipeline}': the positions of {behind} were committed "
+                    f"past the last visible checkpoint ({'none' if meta is None else meta.id}) "
+                    f"for {AWAIT_VISIBLE_S:.0f} s; a transaction is still being completed. "
+                    f"Restart to try again"
+                )
+            self.clock.sleep(0.05)
+            meta = read_last_meta(self.log, self.pipeline, self.partition)
+
+    def _behind(self, meta: CheckpointMeta | None) -> str | None:
+        """The first source partition whose committed position is past ``meta``'s, if any."""
+        for src in self.plan.sources:
+            positions = {} if meta is None else meta.positions.get(src.name, {})
+            for reader in src.readers:
+                committed = getattr(reader, "committed", None)
+                if committed is None:
+                    continue
+                at = positions.get(reader.partition)
+                if at is None or at < committed:
+                    return str(reader.partition)
+        return None
 
     def restored_watermarks(self) -> dict[str, int]:
         """The operator watermarks of the checkpoint resumed from (empty on a fresh start)."""
@@ -287,18 +376,28 @@ class Checkpointer:
                     f"`eventspine state reset {self.pipeline}`"
                 )
 
-    def _read_changelog(self, step: str, topics: Mapping[str, TopicInfo]) -> list[tuple[Any, Any]]:
+    def _read_changelog(
+        self, step: str, topics: Mapping[str, TopicInfo], warm: WarmChangelog | None
+    ) -> list[tuple[Any, Any]]:
         topic = names.changelog(self.pipeline, step)
         latest: dict[bytes, bytes | None] = {}
         info = topics.get(topic)
         if info is None:
             return []  # created by this recovery: nothing to replay
         po = info.offsets[self.partition]
-        for batch in read_range(self.log, topic, self.partition, po.log_start, po.end):
+        start = po.log_start
+        if warm is not None and po.log_start <= warm.next_offset <= po.end:
+            start, latest = warm.next_offset, warm.latest  # the standby copy: read the rest
+        progress = self.restore_progress  # metrics hook
+        if progress is not None:
+            progress.reached(topic, start, 0)
+        for batch in read_range(self.log, topic, self.partition, start, po.end):
             failpoints.hit("recovery.mid_replay")
             for rec in batch:
                 assert rec.key is not None
                 latest[rec.key] = rec.value
+            if progress is not None:
+                progress.reached(topic, batch[-1].offset + 1, len(batch))
         return [
             (decode_state(k, step=step), decode_state(v, step=step))
             for k, v in latest.items()
@@ -348,42 +447,61 @@ class Checkpointer:
         """Phase 2: append state changes, outputs, positions and metadata to ``txn``.
 
         Several tasks of one worker write into the same transaction, so one commit
-        covers them all.
+        covers them all. Called again with the same ``pending`` (after an aborted
+        transaction) it appends the same records again.
         """
-        ckpt = pending.id
-        for op in self.stateful:
-            changes = op.snapshot_changes()
-            if changes:
-                txn.append(
-                    names.changelog(self.pipeline, op.name),
-                    self.partition,
-                    [
-                        LogRecord(
-                            encode_state(k, step=op.name),
-                            None if v is None else encode_state(v, step=op.name),
-                            0,
-                        )
-                        for k, v in changes
-                    ],
-                )
+        staged = pending.staged
+        if staged is None:
+            staged = pending.staged = self._stage(pending)
+        for topic, partition, records in staged.state:
+            txn.append(topic, partition, records)
         failpoints.hit("ckpt.after_state_write")
-        for sink in self.plan.sinks:
-            self._append_sink_records(txn, sink)
-        self._append_dead_letters(txn, ckpt)
+        for topic, partition, records in staged.outputs:
+            txn.append(topic, partition, records)
         failpoints.hit("ckpt.after_output_append")
         # An at-least-once batch is not atomic: make everything above durable before the
         # record that says it is (an atomic transaction has no barrier; none is needed).
         barrier = getattr(txn, "barrier", None)
         if barrier is not None:
             barrier()
-        meta = self._meta(ckpt, pending.watermarks, pending.intents)
-        self._commit_topic_positions(txn)
-        txn.append(
-            names.checkpoints(self.pipeline),
-            self.partition,
-            [LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms())],
-        )
+        for topic, positions in staged.positions:
+            txn.commit_positions(self.pipeline, topic, positions)
+        txn.append(names.checkpoints(self.pipeline), self.partition, [staged.meta])
         failpoints.hit("ckpt.before_commit")
+
+    def _stage(self, pending: PendingCheckpoint) -> _Staged:
+        """Take the state changes and outputs since the last checkpoint (see ``write``)."""
+        state: _Appends = []
+        for op in self.stateful:
+            changes = op.snapshot_changes()
+            if changes:
+                state.append(
+                    (
+                        names.changelog(self.pipeline, op.name),
+                        self.partition,
+                        [
+                            LogRecord(
+                                encode_state(k, step=op.name),
+                                None if v is None else encode_state(v, step=op.name),
+                                0,
+                            )
+                            for k, v in changes
+                        ],
+                    )
+                )
+        outputs: _Appends = []
+        for sink in self.plan.sinks:
+            drain = getattr(sink.writer, "drain_log_records", None)
+            if drain is not None:
+                outputs.extend((t, p, list(recs)) for t, p, recs in drain())
+        outputs.extend(self._dead_letter_records(pending.id))
+        meta = self._meta(pending.id, pending.watermarks, pending.intents)
+        return _Staged(
+            state,
+            outputs,
+            self._topic_positions(),
+            LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms()),
+        )
 
     def committed(self, pending: PendingCheckpoint) -> int:
         """Phase 3, after the transaction committed: publish staged output; return the id."""
@@ -431,18 +549,11 @@ class Checkpointer:
             records_read=self._records_total,
         )
 
-    def _append_sink_records(self, txn: LogTransaction, sink: SinkOperator) -> None:
-        drain = getattr(sink.writer, "drain_log_records", None)
-        if drain is None:
-            return
-        for topic, partition, records in drain():
-            txn.append(topic, partition, records)
-
-    def _append_dead_letters(self, txn: LogTransaction, ckpt: int) -> None:
+    def _dead_letter_records(self, ckpt: int) -> _Appends:
         entries = self.plan.dead_letters.entries
         new = entries[self._dead_sent :]
         if not new:
-            return
+            return []
         by_topic: dict[str, list[LogRecord]] = {}
         for e in new:
             by_topic.setdefault(e.topic, []).append(
@@ -454,11 +565,11 @@ class Checkpointer:
             for topic in missing - set(existing):
                 self.log.create_topic(TopicSpec(topic))
             self._dead_topics |= missing
-        for topic, records in by_topic.items():
-            txn.append(topic, 0, records)
         self._dead_sent = len(entries)
+        return [(topic, 0, records) for topic, records in by_topic.items()]
 
-    def _commit_topic_positions(self, txn: LogTransaction) -> None:
+    def _topic_positions(self) -> list[tuple[str, dict[int, int]]]:
+        out: list[tuple[str, dict[int, int]]] = []
         for src in self.plan.sources:
             by_topic: dict[str, dict[int, int]] = {}
             for reader in src.readers:
@@ -467,8 +578,8 @@ class Checkpointer:
                 if topic is None or pid is None or reader.partition not in src.positions:
                     continue
                 by_topic.setdefault(topic, {})[pid] = src.positions[reader.partition]
-            for topic, positions in by_topic.items():
-                txn.commit_positions(self.pipeline, topic, positions)
+            out.extend(by_topic.items())
+        return out
 
 
 def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:

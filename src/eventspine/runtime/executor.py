@@ -17,12 +17,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.dataflow.ports import OpenContext
@@ -32,6 +32,9 @@ from eventspine.runtime.metrics import Inspector, StepMetrics
 from eventspine.runtime.operator import DeadLetters, Operator
 from eventspine.runtime.plan import Plan, compile_pipeline
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, SystemClock, to_duration_ms
+
+if TYPE_CHECKING:
+    from eventspine.runtime.standby import WarmChangelog
 
 __all__ = ["RunOptions", "RunResult", "Executor", "run", "stop_on_signals"]
 
@@ -44,6 +47,8 @@ class RunOptions:
         latency_budget: the target processing time of one micro-batch; batches grow
             under load until they take about this long, and shrink when they take longer.
         max_batch: the largest batch read from one partition at once.
+        min_batch: the smallest; slow records (a slow call per record) shrink batches to
+            this, so a loop pass, and with it a checkpoint, still comes every few records.
         flush_interval: how often sinks are flushed while running.
         idle_sleep: the longest sleep when no source has data.
         state_dir: the run's state directory (for sources/sinks that need one).
@@ -57,11 +62,15 @@ class RunOptions:
             loop has not finished for this long, for example a Kafka client call that
             never returns while a coordinator moves; a supervisor restarts it and its
             tasks resume from their last checkpoint. ``None``: wait forever.
+        standby: in a Kafka group, each worker also keeps warm copies of the state of
+            the tasks it does not own, so a task that moves to it after a failure
+            restores in a fraction of the time (see :mod:`eventspine.runtime.standby`).
+            Costs memory (each worker holds every task's encoded state) and CPU.
     """
 
     latency_budget: timedelta = timedelta(milliseconds=20)
     max_batch: int = 200_000
-    min_batch: int = 256
+    min_batch: int = 16
     flush_interval: timedelta = timedelta(seconds=1)
     idle_sleep: timedelta = timedelta(milliseconds=10)
     state_dir: str | None = None
@@ -70,6 +79,7 @@ class RunOptions:
     log: Any = None
     checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
     stall_timeout: timedelta | None = timedelta(minutes=2)
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,12 +203,15 @@ class Executor:
             checkpoints=0 if ckpt is None else len(ckpt.durations_s),
         )
 
-    def start(self) -> int | None:
-        """Recover from the last checkpoint (with a log); return its id or ``None``."""
+    def start(self, warm: Mapping[str, WarmChangelog] | None = None) -> int | None:
+        """Recover from the last checkpoint (with a log); return its id or ``None``.
+
+        ``warm``: a standby copy of the task's changelogs (see ``Checkpointer.recover``).
+        """
         ckpt = self.checkpointer
         if ckpt is None:
             return None
-        resumed = ckpt.recover()
+        resumed = ckpt.recover(warm)
         restored = ckpt.restored_watermarks()
         for op in self.plan.operators:
             if op.name in restored:

@@ -17,6 +17,36 @@ Metrics (labels ``pipeline`` and ``step``)::
     eventspine_state_keys              gauge      keys held in the step's state
     eventspine_batch_latency_seconds   histogram  processing time of one batch
     eventspine_batch_size              histogram  records per batch
+
+In a partitioned run a worker with several tasks sums the counters and
+histograms over them (tasks that moved away included, so counters never go
+back), reports ``eventspine_state_keys`` as the sum over its tasks and
+``eventspine_watermark_ms`` as the smallest watermark of its tasks that have
+one. Such a run also exports worker-level metrics (label ``pipeline``; ``event``
+is ``assign``, ``revoke`` or ``lost``; the lag series have ``topic`` and
+``partition``)::
+
+    eventspine_tasks_owned                        gauge    tasks assigned to this worker
+    eventspine_tasks_running                      gauge    tasks restored and running
+    eventspine_rebalances_total                   counter  rebalances changing the tasks, by event
+    eventspine_rebalance_tasks_total              counter  tasks assigned/revoked/lost, by event
+    eventspine_last_rebalance_timestamp_seconds   gauge    unix time of the last such rebalance
+    eventspine_restoring_tasks                    gauge    tasks restoring their state now
+    eventspine_restores_total                     counter  task restores finished (or failed)
+    eventspine_restore_records_total              counter  changelog records replayed
+    eventspine_restore_remaining_records          gauge    changelog offsets still to replay
+    eventspine_last_restore_duration_seconds      gauge    how long the last task restore took
+    eventspine_checkpoints_total                  counter  checkpoints committed
+    eventspine_checkpoint_failures_total          counter  checkpoints whose transaction failed
+    eventspine_last_checkpoint_duration_seconds   gauge    how long the last checkpoint took
+    eventspine_last_checkpoint_timestamp_seconds  gauge    unix time of the last checkpoint
+    eventspine_checkpoint_age_seconds             gauge    seconds since the last checkpoint
+    eventspine_consumer_lag_records               gauge    end offset minus position, per partition
+    eventspine_consumer_position                  gauge    the task's next offset, per partition
+    eventspine_log_end_offset                     gauge    the partition's end offset (Kafka: LSO)
+
+The end offsets are refreshed by the worker at most every few seconds
+(:data:`~eventspine.runtime.worker_metrics.LAG_REFRESH_S`), never by a scrape.
 """
 
 from __future__ import annotations
@@ -26,6 +56,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from eventspine.runtime.metrics import Histogram, Inspector, StepMetrics
+from eventspine.runtime.worker_metrics import REBALANCE_EVENTS, WorkerMetrics
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS
 
 if TYPE_CHECKING:
@@ -114,6 +145,109 @@ class InspectorCollector:
             size.add_metric([pipeline, name], buckets, total)
         yield lat
         yield size
+        if insp.worker is not None:
+            yield from self._worker(insp.worker, pipeline)
+
+    def _worker(self, worker: WorkerMetrics, pipeline: str) -> Iterator[Any]:
+        """The worker-level families (see the module doc)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = worker.snapshot()
+        labels = ["pipeline"]
+
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+            fam = GaugeMetricFamily(name, doc, labels=labels)
+            if value is not None:
+                fam.add_metric([pipeline], value)
+            return fam
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            fam = CounterMetricFamily(name, doc, labels=labels)
+            fam.add_metric([pipeline], value)
+            return fam
+
+        yield gauge("eventspine_tasks_owned", "Tasks assigned to this worker.", snap.tasks_owned)
+        yield gauge(
+            "eventspine_tasks_running", "Tasks restored and running here.", snap.tasks_running
+        )
+        for metric, doc, by_event in (
+            (
+                "eventspine_rebalances",
+                "Rebalances that changed this worker's tasks.",
+                snap.rebalances,
+            ),
+            ("eventspine_rebalance_tasks", "Tasks assigned, revoked or lost.", snap.task_moves),
+        ):
+            fam = CounterMetricFamily(metric, doc, labels=["pipeline", "event"])
+            for event in REBALANCE_EVENTS:
+                fam.add_metric([pipeline, event], by_event[event])
+            yield fam
+        yield gauge(
+            "eventspine_last_rebalance_timestamp_seconds",
+            "Unix time of the last rebalance that changed this worker's tasks.",
+            snap.last_rebalance_s,
+        )
+        yield gauge(
+            "eventspine_restoring_tasks", "Tasks restoring their state now.", snap.restoring
+        )
+        yield counter("eventspine_restores", "Task restores finished or failed.", snap.restores)
+        yield counter(
+            "eventspine_restore_records", "Changelog records replayed.", snap.restore_records
+        )
+        yield gauge(
+            "eventspine_restore_remaining_records",
+            "Changelog offsets the running restores still have to replay.",
+            snap.restore_remaining,
+        )
+        yield gauge(
+            "eventspine_last_restore_duration_seconds",
+            "How long the last task restore took.",
+            snap.last_restore_s,
+        )
+        yield counter("eventspine_checkpoints", "Checkpoints committed.", snap.checkpoints)
+        yield counter(
+            "eventspine_checkpoint_failures",
+            "Checkpoints whose transaction failed (nothing of them committed).",
+            snap.checkpoint_failures,
+        )
+        yield gauge(
+            "eventspine_last_checkpoint_duration_seconds",
+            "How long the last committed checkpoint took.",
+            snap.last_checkpoint_s,
+        )
+        last = snap.last_checkpoint_time_s
+        yield gauge(
+            "eventspine_last_checkpoint_timestamp_seconds",
+            "Unix time of the last committed checkpoint.",
+            last,
+        )
+        yield gauge(
+            "eventspine_checkpoint_age_seconds",
+            "Seconds since the last committed checkpoint.",
+            None if last is None else max(0.0, self._now() - last),
+        )
+        part = ["pipeline", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "eventspine_consumer_lag_records",
+            "End offset of the source partition minus the task's position.",
+            labels=part,
+        )
+        pos = GaugeMetricFamily(
+            "eventspine_consumer_position", "The task's next offset to read.", labels=part
+        )
+        end = GaugeMetricFamily(
+            "eventspine_log_end_offset",
+            "The source partition's end offset (Kafka: last stable offset).",
+            labels=part,
+        )
+        for p in worker.lag():
+            values = [pipeline, p.topic, str(p.partition)]
+            lag.add_metric(values, p.lag)
+            pos.add_metric(values, p.position)
+            end.add_metric(values, p.end)
+        yield lag
+        yield pos
+        yield end
 
 
 def _cumulative(h: Histogram) -> tuple[list[tuple[str, float]], float]:

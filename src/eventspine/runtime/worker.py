@@ -44,7 +44,7 @@ from typing import Any
 
 from eventspine.dataflow.pipeline import Pipeline
 from eventspine.dataflow.steps import SourceStep
-from eventspine.errors import ConfigError, DefinitionError, LogError
+from eventspine.errors import ConfigError, DefinitionError, LogError, TransactionAbortedError
 from eventspine.log import Log, open_log
 from eventspine.runtime.checkpoint import (
     Checkpointer,
@@ -54,8 +54,10 @@ from eventspine.runtime.checkpoint import (
     open_transaction,
 )
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
-from eventspine.runtime.metrics import Inspector, StepMetrics
+from eventspine.runtime.metrics import Inspector, TaskMetrics
 from eventspine.runtime.operator import DeadLetters
+from eventspine.runtime.standby import Standbys, WarmChangelog
+from eventspine.runtime.worker_metrics import WorkerMetrics
 from eventspine.timeutil import Clock, SystemClock, to_duration_ms
 
 __all__ = ["EXIT_STALLED", "Worker", "source_partitions"]
@@ -63,6 +65,8 @@ __all__ = ["EXIT_STALLED", "Worker", "source_partitions"]
 _log = logging.getLogger("eventspine.worker")
 #: how long a worker waits before restarting its tasks after a failed checkpoint
 RETRY_PAUSE_S = 0.5
+#: how long an aborted checkpoint waits for the group's rebalance before it is written again
+REBALANCE_WAIT_S = 3.0
 #: the exit code of a worker the stall watchdog stopped (EX_TEMPFAIL: restart it)
 EXIT_STALLED = 75
 
@@ -131,6 +135,9 @@ class Worker:
         self._member: Any = None
         self._starting: list[int] = []
         self._restoring = False
+        self._in_checkpoint = False
+        self._standbys: Standbys | None = None
+        self._follow_due = 0.0
         self.tasks: dict[int, Executor] = {}
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._own_log = isinstance(opts.log, str)
@@ -151,8 +158,10 @@ class Worker:
             )
         self.partitions = partitions
         self.worker, self.workers = worker, workers
-        self.metrics = {n: StepMetrics(n, s.kind) for n, s in pipeline.steps.items()}
-        self.inspector = Inspector(pipeline.name, self.metrics)
+        # Metrics: each task writes its own step metrics, the inspector reads them merged.
+        self.metrics = TaskMetrics({n: s.kind for n, s in pipeline.steps.items()})
+        self.stats = WorkerMetrics()
+        self.inspector = Inspector(pipeline.name, tasks=self.metrics, worker=self.stats)
         self.restored: dict[int, int | None] = {}
         self.dead_letters = DeadLetters()
         self.checkpoints = 0
@@ -168,6 +177,7 @@ class Worker:
         if join is None:
             owned = [p for p in range(self.partitions) if p % self.workers == self.worker]
             self._starting.extend(owned)
+            self.stats.rebalanced("assign", owned)  # metrics hook
             return
         # The checkpoints topic (one partition per task) is what the group divides.
         anchor = names.checkpoints(self.pipeline.name)
@@ -180,20 +190,27 @@ class Worker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        if self.options.standby:
+            self._standbys = Standbys(self.log, self.pipeline.name)
 
     def _on_assign(self, partitions: list[int]) -> None:
+        self.stats.rebalanced("assign", partitions)  # metrics hook
         self._starting.extend(p for p in partitions if p not in self.tasks)
 
     def _on_revoke(self, partitions: list[int]) -> None:
-        if any(p in self.tasks for p in partitions):
+        self.stats.rebalanced("revoke", partitions)  # metrics hook
+        if any(p in self.tasks for p in partitions) and not self._in_checkpoint:
             # The next owner resumes exactly where this worker stopped. If the commit
             # fails, checkpoint() restarts the tasks instead; the revoked ones are dropped
-            # below either way and resume from their last committed checkpoint.
+            # below either way and resume from their last committed checkpoint. (A revoke
+            # while a checkpoint waits out a rebalance only drops: that checkpoint is
+            # written again for the tasks that stay.)
             self.checkpoint()
         self._starting = [p for p in self._starting if p not in partitions]
         self._drop([p for p in partitions if p in self.tasks])
 
     def _on_lost(self, partitions: list[int]) -> None:
+        self.stats.rebalanced("lost", partitions)  # metrics hook
         self._starting = [p for p in self._starting if p not in partitions]
         self._drop([p for p in partitions if p in self.tasks])
 
@@ -209,26 +226,33 @@ class Worker:
                     options=self.options,
                     partition=p,
                     partitions=self.partitions,
-                    metrics=self.metrics,
+                    metrics=self.metrics.attach(p),
                 )
+                warm = None if self._standbys is None else self._standbys.take(p)
                 try:
                     if self.partitions > 1:
                         _refuse_shared_sinks(task)
                     self._restoring = True  # restoring a large state is slow, not stuck
-                    self.restored[p] = task.start()
+                    if task.checkpointer is not None:  # metrics hook: restore progress
+                        task.checkpointer.restore_progress = self.stats.restore_started(p)
+                    self.restored[p] = task.start(warm)
                 except BaseException:
                     task.close()
+                    self.metrics.detach(p)  # metrics hook
                     raise
                 finally:
                     self._restoring = False
+                    self.stats.restore_ended(p)  # metrics hook
                     self._beat = time.monotonic()
                 self.tasks[p] = task
+                self.stats.task_started(p, task.plan.sources)  # metrics hook
                 _log.info(
-                    "pipeline %s: task %d started (checkpoint %s) in %.2f s",
+                    "pipeline %s: task %d started (checkpoint %s) in %.2f s%s",
                     self.pipeline.name,
                     p,
                     self.restored[p],
                     time.monotonic() - t0,
+                    _warm_note(warm),
                 )
             self._starting.pop(0)
 
@@ -238,6 +262,8 @@ class Worker:
             if task is not None:
                 self.dead_letters.entries.extend(task.plan.dead_letters.entries)
                 task.close()
+            self.metrics.detach(p)  # metrics hooks
+            self.stats.task_dropped(p)
 
     # -- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -288,6 +314,8 @@ class Worker:
                     if self._member is None:
                         raise
                     self._restart_tasks(exc)  # restoring failed (broker busy): try again
+            if self._standbys is not None:
+                self._tend_standbys()
             read = 0
             try:
                 for task in list(self.tasks.values()):
@@ -298,6 +326,7 @@ class Worker:
                 self._restart_tasks(exc)  # e.g. the broker is restarting: redo, do not die
                 continue
             self._records_since += read
+            self.stats.refresh_lag(self.log)  # metrics hook: asks the log every few seconds
             static = self._member is None and not self._starting
             if static and all(t.ended for t in self.tasks.values()):
                 return False  # bounded inputs ended (or this worker of a static split owns none)
@@ -308,6 +337,22 @@ class Worker:
             else:
                 clock.sleep(sleep)
                 sleep = min(sleep * 2, idle_sleep)
+
+    def _tend_standbys(self) -> None:
+        """Follow the tasks this worker does not own (each second), apply what arrived."""
+        standbys = self._standbys
+        assert standbys is not None
+        now = time.monotonic()
+        if now >= self._follow_due:
+            busy = {*self.tasks, *self._starting}
+            try:
+                standbys.follow(p for p in range(self.partitions) if p not in busy)
+            except LogError as exc:
+                _log.warning("pipeline %s: standby copies paused: %s", self.pipeline.name, exc)
+                self._follow_due = now + 5.0
+                return
+            self._follow_due = now + 1.0
+        standbys.poll()
 
     def _watchdog(self, limit: float) -> None:
         """Exit the process if one loop pass takes longer than ``limit`` (see RunOptions)."""
@@ -345,23 +390,75 @@ class Worker:
         self._records_since = 0
         if not self.tasks:
             return
-        pending: list[tuple[Checkpointer, PendingCheckpoint]] = []
+        t0 = time.monotonic()  # metrics: the checkpoint's duration
+        pending: list[tuple[Executor, Checkpointer, PendingCheckpoint]] = []
         for task in self.tasks.values():
             ckpt = task.checkpointer
             assert ckpt is not None  # a task always has the worker's log
-            pending.append((ckpt, ckpt.prepare(task.watermarks())))
+            pending.append((task, ckpt, ckpt.prepare(task.watermarks())))
+        self._in_checkpoint = True
         try:
-            with open_transaction(self.log, self.policy) as txn:
-                for ckpt, p in pending:
-                    ckpt.write(txn, p)
+            pending = self._commit(pending)
         except LogError as exc:
+            self.stats.checkpoint_failed()  # metrics hook
             if self._member is None:
                 raise
             self._restart_tasks(exc)
             return
-        for ckpt, p in pending:
+        finally:
+            self._in_checkpoint = False
+        if not pending:
+            return  # every task moved away while the checkpoint waited: nothing committed
+        for _, ckpt, p in pending:
             ckpt.committed(p)
         self.checkpoints += 1
+        self.stats.checkpointed(time.monotonic() - t0)  # metrics hook
+
+    def _commit(
+        self, pending: list[tuple[Executor, Checkpointer, PendingCheckpoint]]
+    ) -> list[tuple[Executor, Checkpointer, PendingCheckpoint]]:
+        """Write ``pending`` in one transaction; in a group, once more if it was aborted.
+
+        A commit in a group fails when a rebalance changed the group's generation
+        meanwhile (the broker refuses the positions of a stale generation), even for a
+        worker whose tasks do not move. Since the transaction was aborted for certain,
+        the worker serves the group until the rebalance is over, then writes the same
+        checkpoint again for the tasks it still owns, instead of restarting them all.
+        Returns what was committed.
+
+        Raises:
+            LogError: the commit failed (again).
+        """
+        try:
+            with open_transaction(self.log, self.policy) as txn:
+                for _, ckpt, p in pending:
+                    ckpt.write(txn, p)
+            return pending
+        except TransactionAbortedError as exc:
+            if self._member is None:
+                raise
+            self.stats.checkpoint_failed()  # metrics hook
+            _log.info(
+                "pipeline %s: a checkpoint was aborted (%s); writing it again after the rebalance",
+                self.pipeline.name,
+                exc,
+            )
+        self._await_rebalance()
+        kept = [(t, c, p) for t, c, p in pending if self.tasks.get(t.partition or 0) is t]
+        if not kept:
+            return kept
+        with open_transaction(self.log, self.policy) as txn:
+            for _, ckpt, p in kept:
+                ckpt.write(txn, p)
+        return kept
+
+    def _await_rebalance(self) -> None:
+        """Serve the group until a rebalance completes, for at most ``REBALANCE_WAIT_S``."""
+        member = self._member
+        before = member.rebalances
+        deadline = time.monotonic() + REBALANCE_WAIT_S
+        while member.rebalances == before and time.monotonic() < deadline:
+            member.poll(0.05)
 
     def _restart_tasks(self, exc: LogError) -> None:
         """A group checkpoint failed: redo the owned tasks from their last checkpoint."""
@@ -384,10 +481,19 @@ class Worker:
             return
         self._closed = True
         self._drop(sorted(self.tasks))
+        if self._standbys is not None:
+            self._standbys.close()
         if self._member is not None:
             self._member.close()
         if self._own_log:
             self.log.close()
+
+
+def _warm_note(warm: dict[str, WarmChangelog] | None) -> str:
+    if warm is None:
+        return ""
+    records = sum(copy.records for copy in warm.values())
+    return f" from a standby copy ({records} changelog records read ahead)"
 
 
 def _refuse_shared_sinks(task: Executor) -> None:

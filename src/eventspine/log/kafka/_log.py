@@ -33,6 +33,7 @@ from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
 from eventspine.log.kafka._group import KafkaGroupMember
 from eventspine.log.kafka._reader import ReaderPool
 from eventspine.log.kafka._records import Deliveries, produce_records, validate_records
+from eventspine.log.kafka._tail import KafkaTail
 from eventspine.log.kafka._topics import create_topic, delete_topic, describe_topics
 from eventspine.log.kafka._txn import KafkaTransaction, TransactionalProducer
 
@@ -40,6 +41,10 @@ __all__ = ["KafkaLog"]
 
 _EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # untyped classmethod
 _LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+
+def _key(tp: TopicPartition) -> tuple[str, int]:
+    return tp.topic, tp.partition
 
 
 def _ms(value: timedelta, name: str) -> int:
@@ -183,7 +188,10 @@ class KafkaLog:
         }
 
     def _list_offsets(
-        self, partitions: list[TopicPartition], which: OffsetSpec
+        self,
+        partitions: list[TopicPartition],
+        which: OffsetSpec,
+        isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
     ) -> dict[tuple[str, int], int]:
         if not partitions:
             return {}
@@ -194,7 +202,7 @@ class KafkaLog:
             try:
                 futures = self._admin.list_offsets(
                     dict.fromkeys(partitions, which),
-                    isolation_level=IsolationLevel.READ_COMMITTED,
+                    isolation_level=isolation,
                     request_timeout=timeout,
                 )
                 found = {
@@ -314,6 +322,44 @@ class KafkaLog:
         """Return a new Kafka transaction (see :mod:`eventspine.log.kafka._txn`)."""
         self._check_open()
         return KafkaTransaction(self._txn, self._spec, self._await_stable)
+
+    def await_settled(self, partitions: Sequence[tuple[str, int]]) -> bool:
+        """Wait until no transaction is open on ``partitions``; return whether it waited.
+
+        "Open" means the last stable offset (LSO) is below the end.
+
+        A writer that died inside a transaction holds the last stable offset back until
+        the broker aborts it (``transaction_timeout_ms``); a ``read_committed`` read
+        before then misses whatever was committed after it. Restoring a task waits here
+        first, for at most the transaction timeout plus the request timeout.
+
+        Raises:
+            LogError: a transaction stayed open that long, or the broker failed.
+        """
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        limit = (self._settings.transaction_timeout_ms / 1000) + self._settings.timeout_s
+        deadline = time.monotonic() + limit
+        waited = False
+        while tps:
+            stable = self._list_offsets(tps, _LATEST)
+            ends = self._list_offsets(tps, _LATEST, IsolationLevel.READ_UNCOMMITTED)
+            tps = [tp for tp in tps if stable[_key(tp)] < ends[_key(tp)]]
+            if not tps:
+                break
+            if time.monotonic() > deadline:
+                names = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+                raise LogError(
+                    f"a transaction stayed open on {names} for {limit:.0f} s (the last stable "
+                    f"offset did not reach the end); its writer may still be running"
+                )
+            waited = True
+            time.sleep(0.1)
+        return waited
+
+    def open_tail(self) -> KafkaTail:
+        """Return a :class:`~eventspine.log.base.LogTail` with its own consumer (close it)."""
+        self._check_open()
+        return KafkaTail(self._settings)
 
     def non_atomic_transaction(self) -> LogTransaction:
         """Return an at-least-once batch (see :mod:`eventspine.log.kafka._batch`)."""

@@ -9,8 +9,19 @@ every partition it wrote has passed its records, so a read right after the
 block sees the outcome (the coordinator writes the markers just after
 ``commit_transaction`` returns).
 
+Failpoints (see :mod:`eventspine.failpoints`) mark each step of a commit:
+``kafka.txn.after_begin`` (``begin_transaction`` returned, nothing produced yet),
+``kafka.txn.after_flush`` (every record produced and acknowledged, no offsets sent),
+``kafka.txn.after_send_offsets`` (positions sent, ``commit_transaction`` not called),
+``kafka.txn.after_commit`` (``commit_transaction`` returned, before the wait for the
+last stable offset). A crash at any of them leaves the transaction open on the
+brokers (aborted by ``transaction.timeout.ms``, or by the next ``init_transactions``
+of the same transactional id) or committed; never half of it.
+
 Failures (KAFKA.md): a fenced producer (another process took over the
-transactional id) makes the log refuse further transactions; any other
+configured transactional id) makes the log refuse further transactions (with a
+generated id, a fence is a transaction the coordinator timed out: see
+``TransactionalProducer.fence``); any other
 error aborts the transaction, and if even the abort fails the producer is
 dropped, and the next transaction re-initializes one, which aborts whatever
 the broker still holds open for this transactional id.
@@ -31,7 +42,8 @@ from typing import Any, Final, Self, final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from eventspine.errors import LogError
+from eventspine import failpoints
+from eventspine.errors import LogError, TransactionAbortedError
 from eventspine.log._checks import check_partition, check_positions
 from eventspine.log.base import LogRecord, TopicSpec
 from eventspine.log.kafka._config import LOGGER, KafkaSettings, make_client
@@ -98,7 +110,21 @@ class TransactionalProducer:
         return consumer
 
     def fence(self, exc: KafkaException) -> LogError:
-        """Remember that this producer was fenced; return the error to raise."""
+        """Remember that this producer was fenced; return the error to raise.
+
+        Only a configured transactional id is fenced for good. No other process holds
+        a generated one, so its fence is the coordinator aborting a transaction open
+        longer than ``transaction_timeout_ms`` (it bumps the producer epoch; e.g. across
+        a broker restart): the producer is dropped, the next transaction initializes a
+        new one, and a worker restarts its tasks instead of being refused forever.
+        """
+        if self.settings.transactional_id is None:
+            self.drop()
+            return LogError(
+                f"the Kafka transaction coordinator fenced this log's producer ({exc}): it "
+                f"aborted a transaction open longer than transaction_timeout_ms, so nothing "
+                f"of it is visible; the next transaction initializes a new producer"
+            )
         self.fenced = (
             f"another process with the same Kafka transactional id {self.transactional_id!r} "
             f"took over: this log was fenced ({exc}); its transaction was not committed. Run "
@@ -215,6 +241,7 @@ class KafkaTransaction:
             raise
         self._producer = producer
         self._state = _OPEN
+        failpoints.hit("kafka.txn.after_begin")
         return self
 
     def __exit__(
@@ -243,6 +270,7 @@ class KafkaTransaction:
             if producer.flush(timeout) > 0:
                 raise LogError(f"records were not acknowledged within {timeout:.0f} s")
             self._deliveries.check("committing a Kafka transaction")
+            failpoints.hit("kafka.txn.after_flush")
             for group, topics in self._positions.items():
                 offsets = [
                     TopicPartition(topic, partition, offset)
@@ -251,6 +279,7 @@ class KafkaTransaction:
                 ]
                 metadata = self._owner.group_metadata(group)
                 producer.send_offsets_to_transaction(offsets, metadata, timeout)
+            failpoints.hit("kafka.txn.after_send_offsets")
             producer.commit_transaction(timeout)
         except KafkaException as error:
             if _is_fenced(error):
@@ -258,6 +287,7 @@ class KafkaTransaction:
             self._abort(error)
         except LogError as error:
             self._abort(error)
+        failpoints.hit("kafka.txn.after_commit")
         self._await(self._deliveries.last)
 
     def _abort(self, cause: BaseException | None) -> None:
@@ -289,7 +319,7 @@ class KafkaTransaction:
         producer.poll(0)
         self._await(self._deliveries.last)
         if cause is not None:
-            raise LogError(
+            raise TransactionAbortedError(
                 f"committing a Kafka transaction failed: {cause}; it was aborted, so nothing "
                 f"of it is visible"
             ) from cause
