@@ -67,6 +67,7 @@ import msgspec
 from eventspine.dataflow.ports import Chunk, OpenContext
 from eventspine.errors import ConfigError, DecodeError, DefinitionError, LogError, SinkError
 from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec
+from eventspine.log.partitioner import key_bytes, partition_for
 from eventspine.records import Batch, is_event_type
 from eventspine.serde.codecs import Codec, JsonCodec
 
@@ -74,31 +75,6 @@ __all__ = ["Topic", "key_bytes", "partition_for", "topic"]
 
 _log = logging.getLogger(__name__)
 _DECODE_PREFIX = "cannot decode the input: "
-
-
-def key_bytes(key: Any) -> bytes | None:
-    """Return the bytes of a record key: UTF-8 for ``str``, as-is for bytes, else JSON.
-
-    ``None`` stays ``None`` (unkeyed).
-    """
-    if key is None:
-        return None
-    if isinstance(key, str):
-        return key.encode("utf-8", "surrogatepass")
-    if isinstance(key, bytes | bytearray | memoryview):
-        return bytes(key)
-    try:
-        return msgspec.json.encode(key)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SinkError(
-            f"the record key {key!r} ({type(key).__name__}) cannot be encoded ({exc}); use a "
-            f"str, bytes, number or other JSON-able key"
-        ) from exc
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Return the partition of a keyed record: ``zlib.crc32(key) % partitions``."""
-    return zlib.crc32(key) % partitions
 
 
 @final

@@ -56,6 +56,7 @@ from eventspine.runtime.checkpoint import (
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
 from eventspine.runtime.metrics import Inspector, StepMetrics
 from eventspine.runtime.operator import DeadLetters
+from eventspine.runtime.repartition import repartition
 from eventspine.timeutil import Clock, SystemClock, to_duration_ms
 
 __all__ = ["EXIT_STALLED", "Worker", "source_partitions"]
@@ -150,6 +151,9 @@ class Worker:
                 f"source is a topic of the log can be split over workers"
             )
         self.partitions = partitions
+        # A key change inside the pipeline goes through an internal topic (see
+        # eventspine.runtime.repartition); the tasks run the rewritten graph.
+        self.pipeline = pipeline = repartition(pipeline, partitions)
         self.worker, self.workers = worker, workers
         self.metrics = {n: StepMetrics(n, s.kind) for n, s in pipeline.steps.items()}
         self.inspector = Inspector(pipeline.name, self.metrics)
