@@ -157,7 +157,11 @@ def topic(
     Args:
         name: the topic name (1 to 249 of ``[A-Za-z0-9._-]``).
         record_type: ``dict`` or an ``es.Event`` subclass the values decode into.
-        key: the sink's record key: a field name or a function ``record -> key``.
+        key: the sink's record key: a field name or a function ``record -> key``. On a
+            source, a field name declares that the topic is partitioned by that field
+            (every record of one value in one partition): a ``key_by`` of the same field
+            right after it (or after filters only) then needs no repartitioning in a
+            partitioned run (see :mod:`eventspine.runtime.repartition`).
         codec: how values are encoded (default ``JsonCodec(record_type)``).
         partitions: partitions of a topic created here (default 1); if given, an
             existing topic must have as many.

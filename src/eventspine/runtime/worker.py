@@ -8,8 +8,10 @@ with ``partition=p``) with its own state, watermarks and checkpoint records
 (partition ``p`` of the checkpoints topic and of every changelog), so a task
 can move from one process to another: its new owner restores exactly its state
 and positions. Each key's state lives in the task of the partition its
-records arrive on, so the source topics must be keyed by the key the pipeline
-groups by (a topic sink with ``key=`` writes them so).
+records arrive on: a ``key_by`` that changes the key before keyed state is cut
+into an internal repartition topic first (:mod:`eventspine.runtime.repartition`),
+so each task runs its half of the graph upstream of the cut for source
+partition ``p`` and downstream of it for repartition partition ``p``.
 
 A :class:`Worker` is one process running some of the tasks:
 
