@@ -67,6 +67,7 @@ import msgspec
 from eventspine.dataflow.ports import Chunk, OpenContext
 from eventspine.errors import ConfigError, DecodeError, DefinitionError, LogError, SinkError
 from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec
+from eventspine.log.partitioner import key_bytes, partition_for
 from eventspine.records import Batch, is_event_type
 from eventspine.serde.codecs import Codec, JsonCodec
 
@@ -74,31 +75,6 @@ __all__ = ["Topic", "key_bytes", "partition_for", "topic"]
 
 _log = logging.getLogger(__name__)
 _DECODE_PREFIX = "cannot decode the input: "
-
-
-def key_bytes(key: Any) -> bytes | None:
-    """Return the bytes of a record key: UTF-8 for ``str``, as-is for bytes, else JSON.
-
-    ``None`` stays ``None`` (unkeyed).
-    """
-    if key is None:
-        return None
-    if isinstance(key, str):
-        return key.encode("utf-8", "surrogatepass")
-    if isinstance(key, bytes | bytearray | memoryview):
-        return bytes(key)
-    try:
-        return msgspec.json.encode(key)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SinkError(
-            f"the record key {key!r} ({type(key).__name__}) cannot be encoded ({exc}); use a "
-            f"str, bytes, number or other JSON-able key"
-        ) from exc
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Return the partition of a keyed record: ``zlib.crc32(key) % partitions``."""
-    return zlib.crc32(key) % partitions
 
 
 @final
@@ -181,7 +157,11 @@ def topic(
     Args:
         name: the topic name (1 to 249 of ``[A-Za-z0-9._-]``).
         record_type: ``dict`` or an ``es.Event`` subclass the values decode into.
-        key: the sink's record key: a field name or a function ``record -> key``.
+        key: the sink's record key: a field name or a function ``record -> key``. On a
+            source, a field name declares that the topic is partitioned by that field
+            (every record of one value in one partition): a ``key_by`` of the same field
+            right after it (or after filters only) then needs no repartitioning in a
+            partitioned run (see :mod:`eventspine.runtime.repartition`).
         codec: how values are encoded (default ``JsonCodec(record_type)``).
         partitions: partitions of a topic created here (default 1); if given, an
             existing topic must have as many.

@@ -57,6 +57,7 @@ __all__ = [
     "names",
     "open_transaction",
     "read_last_meta",
+    "repartition_spec",
 ]
 
 _META_FORMAT = 1
@@ -102,6 +103,11 @@ class names:  # a namespace of naming rules, used as names.changelog(...)
     def changelog(pipeline: str, step: str) -> str:
         """The compacted topic holding a stateful step's state."""
         return f"__es.{pipeline}.{step}.changelog"
+
+    @staticmethod
+    def repartition(pipeline: str, step: str) -> str:
+        """The topic a partitioned run re-keys through after ``key_by`` step ``step``."""
+        return f"__es.{pipeline}.{step}.repartition"
 
 
 class CheckpointMeta(msgspec.Struct, kw_only=True):
@@ -290,13 +296,11 @@ class Checkpointer:
         by_name = {src.name: src for src in self.plan.sources}
         for step, positions in meta.positions.items():
             src = by_name[step]
-            clocks = meta.clocks.get(step, {})
-            for reader, pc in zip(src.readers, src.partitions, strict=True):
+            for reader in src.readers:
                 if reader.partition in positions:
                     reader.seek(positions[reader.partition])
                     src.positions[reader.partition] = positions[reader.partition]
-                if reader.partition in clocks:
-                    pc.max_ts, pc.watermark = clocks[reader.partition]
+            src.restore_clocks(meta.clocks.get(step, {}))
             if step in meta.watermarks:
                 src.watermark_ms = meta.watermarks[step]
         for op in self.plan.operators:
@@ -533,10 +537,7 @@ class Checkpointer:
         clocks: dict[str, dict[str, list[int]]] = {}
         for src in self.plan.sources:
             positions[src.name] = dict(src.positions)
-            clocks[src.name] = {
-                r.partition: [pc.max_ts, pc.watermark]
-                for r, pc in zip(src.readers, src.partitions, strict=True)
-            }
+            clocks[src.name] = src.clocks()
         return CheckpointMeta(
             id=ckpt,
             time=datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -609,6 +610,11 @@ def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:
 def checkpoints_spec(pipeline: str, partitions: int = 1) -> TopicSpec:
     """The checkpoints topic of ``pipeline`` (one partition per task)."""
     return TopicSpec(names.checkpoints(pipeline), partitions, retention=timedelta(days=7))
+
+
+def repartition_spec(pipeline: str, step: str, partitions: int) -> TopicSpec:
+    """The repartition topic after ``key_by`` step ``step`` (one partition per task)."""
+    return TopicSpec(names.repartition(pipeline, step), partitions)
 
 
 def open_transaction(log: Log, policy: CheckpointPolicy) -> LogTransaction:

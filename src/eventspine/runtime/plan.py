@@ -31,6 +31,7 @@ from eventspine.dataflow.steps import (
 from eventspine.errors import DefinitionError
 from eventspine.runtime.metrics import StepMetrics
 from eventspine.runtime.operator import DeadLetters, ErrorBoundary, Operator, Output
+from eventspine.runtime.repartition import RepartitionRunner, RepartitionSource
 from eventspine.runtime.routing import EnrichOperator, SinkOperator, SplitOperator
 from eventspine.runtime.sources import SourceRunner
 from eventspine.runtime.stateless import FusedChain, Stage, make_stage
@@ -38,7 +39,7 @@ from eventspine.runtime.stateless import FusedChain, Stage, make_stage
 if TYPE_CHECKING:
     from eventspine.timeutil import Clock
 
-__all__ = ["Plan", "compile_pipeline"]
+__all__ = ["Plan", "compile_pipeline", "record_type_of"]
 
 _STATELESS = (MapStep, FilterStep, FlatMapStep, KeyByStep)
 
@@ -64,12 +65,17 @@ class Plan:
     inputs: dict[int, list[Any]] = field(default_factory=dict)
 
 
-def _record_type_of(pipeline: Pipeline, step: Step) -> type | None:
-    """The record type flowing out of ``step`` when it is still the source's type."""
+def record_type_of(pipeline: Pipeline, step: Step) -> type | None:
+    """The record type flowing out of ``step`` when it is still the source's type.
+
+    ``None`` when unknown (after a map by function); ``object`` from a repartition
+    source also means unknown.
+    """
     cur = step
     while True:
         if isinstance(cur, SourceStep):
-            return cur.source.record_type
+            rtype: type = cur.source.record_type
+            return None if rtype is object else rtype
         if isinstance(cur, (FilterStep, KeyByStep)) and cur.inputs:
             cur = pipeline.steps[cur.inputs[0][0]]
             continue
@@ -138,7 +144,7 @@ def compile_pipeline(
         stages: list[Stage] = []
         for m in members:
             fn = _user_fn(m)
-            rtype = _record_type_of(pipeline, steps[m.inputs[0][0]])
+            rtype = record_type_of(pipeline, steps[m.inputs[0][0]])
             stages.append(
                 make_stage(m, rtype, boundary(m, fn if callable(fn) else None), metrics[m.name])
             )
@@ -162,9 +168,9 @@ def compile_pipeline(
         elif isinstance(s, UnionStep):
             op = Operator(s.name, sm)
         elif isinstance(s, SplitStep):
-            op = SplitOperator(s, sm, boundary(s), _record_type_of(pipeline, steps[s.inputs[0][0]]))
+            op = SplitOperator(s, sm, boundary(s), record_type_of(pipeline, steps[s.inputs[0][0]]))
         elif isinstance(s, EnrichStep):
-            rtype = _record_type_of(pipeline, steps[s.inputs[0][0]])
+            rtype = record_type_of(pipeline, steps[s.inputs[0][0]])
             op = EnrichOperator(s, sm, boundary(s, s.lookup), rtype, clock)
         elif type(s) in factories:
             op = factories[type(s)](s, sm, boundary(s), clock)
@@ -186,7 +192,8 @@ def compile_pipeline(
             getattr(d, "prefers_columnar", False) or _chain_vectorizable(d) for d in downstream
         )
         out = Output(s.name, metrics[s.name])
-        runner = SourceRunner(
+        runner_type = RepartitionRunner if isinstance(s.source, RepartitionSource) else SourceRunner
+        runner = runner_type(
             s, readers, out, boundary(s), metrics[s.name], clock, columnar=columnar
         )
         sources.append(runner)

@@ -145,6 +145,12 @@ class SinkOperator(Operator):
         self.metrics.records_out += len(batch)
         self._dirty = True
 
+    def on_watermark(self, wm_ms: int) -> None:
+        """Tell a writer that wants it (the repartition writer) how far event time is."""
+        tell = getattr(self.writer, "on_watermark", None)
+        if tell is not None:
+            tell(wm_ms)
+
     def on_tick(self, now_ms: int) -> None:
         """Flush when the flush interval has passed."""
         if self._dirty and time.monotonic() - self._last_flush >= self.flush_s:

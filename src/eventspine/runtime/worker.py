@@ -8,8 +8,10 @@ with ``partition=p``) with its own state, watermarks and checkpoint records
 (partition ``p`` of the checkpoints topic and of every changelog), so a task
 can move from one process to another: its new owner restores exactly its state
 and positions. Each key's state lives in the task of the partition its
-records arrive on, so the source topics must be keyed by the key the pipeline
-groups by (a topic sink with ``key=`` writes them so).
+records arrive on: a ``key_by`` that changes the key before keyed state is cut
+into an internal repartition topic first (:mod:`eventspine.runtime.repartition`),
+so each task runs its half of the graph upstream of the cut for source
+partition ``p`` and downstream of it for repartition partition ``p``.
 
 A :class:`Worker` is one process running some of the tasks:
 
@@ -56,6 +58,7 @@ from eventspine.runtime.checkpoint import (
 from eventspine.runtime.executor import Executor, RunOptions, RunResult
 from eventspine.runtime.metrics import Inspector, TaskMetrics
 from eventspine.runtime.operator import DeadLetters
+from eventspine.runtime.repartition import repartition
 from eventspine.runtime.standby import Standbys, WarmChangelog
 from eventspine.runtime.worker_metrics import WorkerMetrics
 from eventspine.timeutil import Clock, SystemClock, to_duration_ms
@@ -157,6 +160,9 @@ class Worker:
                 f"source is a topic of the log can be split over workers"
             )
         self.partitions = partitions
+        # A key change inside the pipeline goes through an internal topic (see
+        # eventspine.runtime.repartition); the tasks run the rewritten graph.
+        self.pipeline = pipeline = repartition(pipeline, partitions)
         self.worker, self.workers = worker, workers
         # Metrics: each task writes its own step metrics, the inspector reads them merged.
         self.metrics = TaskMetrics({n: s.kind for n, s in pipeline.steps.items()})

@@ -28,7 +28,7 @@ def _count(record: dict[str, Any], ctx: es.ProcessContext) -> None:
 def _pipeline() -> es.Pipeline:
     p = es.Pipeline("counts")
     (
-        p.source("in", es.topic("in"))
+        p.source("in", es.topic("in", key="k"))  # keyed by k already: no repartition
         .key_by("by_k", "k")
         .process("count", _count)
         .sink("out", es.topic("out", key="k", partitions=2))
