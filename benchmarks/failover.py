@@ -23,7 +23,7 @@ not change a 6 s session's behaviour).
 (``{"key", "ts", "seq": 0}``), partition = the engine's ``partition_for(key_bytes(key), 6)``,
 Kafka timestamp = ``ts`` (all in one hour: ``T0 + i // 2`` ms, ``T0`` hour-aligned).
 
-**Pipelines** (``benchmarks/failover.py:pipeline``, chosen by ``$FO_VARIANT``): source topic
+**Pipelines** (``benchmarks/failover.py:pipeline``, chosen by ``$FO_VARIANT``): source topic (declared keyed by ``key``, so no repartition)
 -> ``EventTime("ts", max_delay=1 s, idle_timeout=None)`` -> ``key_by("key")`` ->
 
 * ``process``: a ``process`` step keeping a per-key counter in ``ctx.state`` and emitting
@@ -134,7 +134,7 @@ def pipeline() -> Any:
     p = es.Pipeline(os.environ["FO_APP"])
     keyed = p.source(
         "input",
-        es.topic(os.environ["FO_IN"], dict),
+        es.topic(os.environ["FO_IN"], dict, key="key"),  # produced keyed by key
         timestamps=es.EventTime("ts", max_delay=timedelta(seconds=1), idle_timeout=None),
     ).key_by("by_key", "key")
     out = es.topic(os.environ["FO_OUT"], key="key", partitions=PARTITIONS)

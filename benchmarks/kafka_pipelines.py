@@ -110,7 +110,7 @@ def _eventspine_worker(a: argparse.Namespace) -> None:
     p = es.Pipeline(a.group)
     events = p.source(
         "events",
-        es.topic(a.input, dict),
+        es.topic(a.input, dict, key="key"),  # produced keyed by key: no repartition
         timestamps=es.EventTime("ts", max_delay=timedelta(seconds=1)),
     )
     out = es.topic(a.output, key="key", partitions=a.partitions)

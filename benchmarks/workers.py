@@ -26,7 +26,7 @@ time, deterministically (an ``EventTime`` idle timeout would also close them, bu
 after idle_timeout + 1 s of *wall clock* with nothing to read, which would be timed as
 pipeline work). The marker's own window stays open and is never emitted.
 
-**Pipeline** (W2 as the bench defines it): ``es.topic("w2_in")`` ->
+**Pipeline** (W2 as the bench defines it): ``es.topic("w2_in", key="key")`` ->
 ``EventTime("ts", max_delay=1 s, idle_timeout=None)`` -> ``key_by("key")`` ->
 ``Tumbling(1 s)`` -> ``count``/``sum``/``mean`` -> ``es.topic("w2_out", key="key",
 partitions=P)``; exactly-once checkpoints every ``--checkpoint-interval-ms`` (1000).
@@ -115,7 +115,7 @@ def pipeline() -> Any:
     (
         p.source(
             "events",
-            es.topic(os.environ.get("WB_IN", IN), dict),
+            es.topic(os.environ.get("WB_IN", IN), dict, key="key"),  # produced keyed by key
             timestamps=es.EventTime("ts", max_delay=timedelta(seconds=1), idle_timeout=None),
         )
         .key_by("by_key", "key")
