@@ -11,7 +11,9 @@ It reads ``$SCALE_IN`` (records ``{"key", "seq", "value", "ts"}``, produced keye
 ``{"key", "alert": "seq_gap", "last", "seq"}`` when ``seq - last != 1``. A second
 sink ``$SCALE_OUT.windows`` gets the count per key and tumbling 10 s window.
 ``SCALE_SLOW_MS`` (default 0) sleeps that long per record, so a test has time to
-kill or rebalance workers mid-stream. The expected output of any input is
+kill or rebalance workers mid-stream. ``SCALE_REPARTITION=1`` does not declare the
+input keyed by ``key``, so the ``key_by`` goes through a repartition topic (same
+output). The expected output of any input is
 computed by :func:`expected`, so every test judges against the same oracle.
 """
 
@@ -56,9 +58,12 @@ def pipeline() -> es.Pipeline:
     src, out = os.environ["SCALE_IN"], os.environ["SCALE_OUT"]
     slow_ms = float(os.environ.get("SCALE_SLOW_MS", "0"))
     p = es.Pipeline(os.environ.get("SCALE_APP", "scaleout"))
+    # The input is produced keyed by "key": declared, the run reads it as it is;
+    # SCALE_REPARTITION=1 leaves it undeclared, so key_by goes through a repartition topic.
+    declared = None if os.environ.get("SCALE_REPARTITION") == "1" else "key"
     keyed = p.source(
         "input",
-        es.topic(src),
+        es.topic(src, key=declared),
         timestamps=es.EventTime("ts", max_delay=timedelta(seconds=1), idle_timeout=None),
     ).key_by("by_key", "key")
     keyed.process("stats", RunningStats(slow_ms)).sink("stats_out", es.topic(out, key="key"))

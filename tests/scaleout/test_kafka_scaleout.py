@@ -35,7 +35,7 @@ def kafka_log(kafka_bootstrap: str) -> Iterator[Log]:
 
 
 def _setup(
-    log: Log, tmp_path: Path, url: str, *, records: int, slow_ms: float
+    log: Log, tmp_path: Path, url: str, *, records: int, slow_ms: float, repartition: bool = False
 ) -> tuple[list[dict[str, object]], Workers, str]:
     tag = uuid.uuid4().hex[:8]
     recs = make_input(log, f"in-{tag}", records=records, keys=40, partitions=6)
@@ -44,6 +44,7 @@ def _setup(
         "SCALE_OUT": f"out-{tag}",
         "SCALE_APP": f"app-{tag}",
         "SCALE_SLOW_MS": str(slow_ms),
+        "SCALE_REPARTITION": "1" if repartition else "0",
     }
     return recs, Workers(url, env, tmp_path), f"out-{tag}"
 
@@ -89,7 +90,8 @@ def test_kill9_of_workers_at_random_points(
     kafka_log: Log, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     url = f"kafka://{kafka_bootstrap}"
-    recs, workers, out = _setup(kafka_log, tmp_path, url, records=3000, slow_ms=3)
+    # Through a repartition topic: crashes must not duplicate what crosses it either.
+    recs, workers, out = _setup(kafka_log, tmp_path, url, records=3000, slow_ms=3, repartition=True)
     rng = random.Random(11)
     try:
         live = [workers.start(), workers.start()]

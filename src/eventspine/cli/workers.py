@@ -11,7 +11,8 @@ parent stop the others, so a half-running pipeline never goes unnoticed.
 
 Children die with the parent: on Linux each asks the kernel for SIGTERM when its
 parent exits (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the parent stops the
-workers cleanly (a final checkpoint each) instead of leaving them running
+workers (with a final checkpoint each, unless a forwarded signal already had them
+stopping: a second SIGTERM stops at once) instead of leaving them running
 beside the next ``eventspine run`` of the same pipeline, which on SQLite has no
 fencing and would duplicate output.
 """

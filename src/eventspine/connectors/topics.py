@@ -300,14 +300,11 @@ class TopicReader:
         partition: ``"{topic}/{partition_id}"``.
         topic: the topic name.
         partition_id: the partition number.
-        committed: the group's committed position when the reader was made (``None``:
-            none); on Kafka a *stable* one, so no transaction holding it is in doubt.
     """
 
     def __init__(self, log: Log, topic: Topic, partition_id: int, committed: int | None) -> None:
         self.topic = topic.name
         self.partition_id = partition_id
-        self.committed = committed
         self.partition = f"{topic.name}/{partition_id}"
         self._log = log
         self._codec = topic.codec

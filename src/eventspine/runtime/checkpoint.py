@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from eventspine import failpoints
-from eventspine.errors import LogError, StateError
+from eventspine.errors import StateError
 from eventspine.log.base import LogRecord, TopicInfo, TopicSpec, read_range
 from eventspine.runtime.operator import DeadLetterEntry, Operator
 from eventspine.serde.state import decode_state, encode_state
@@ -63,8 +63,6 @@ __all__ = [
 _META_FORMAT = 1
 #: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
 RETENTION_EVERY_S = 60.0
-#: How long a restore waits for the last checkpoint record to catch up with the positions.
-AWAIT_VISIBLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -264,11 +262,9 @@ class Checkpointer:
             # older checkpoint than the last committed one (see KafkaLog.await_settled).
             mine = [names.checkpoints(self.pipeline)]
             mine += [names.changelog(self.pipeline, op.name) for op in self.stateful]
-            if settle([(t, self.partition) for t in mine if t in topics]):
-                topics = self.log.topics()
+            settle([(t, self.partition) for t in mine if t in topics])
+            topics = self.log.topics()  # the ends now include what was in doubt
         meta = read_last_meta(self.log, self.pipeline, self.partition, topics)
-        if self.policy.exactly_once:
-            meta = self._await_visible(meta)
         failpoints.hit("recovery.before_restore")
         if meta is not None:
             # Refuse before any output file is touched (recovering a sink truncates it).
@@ -313,49 +309,6 @@ class Checkpointer:
         self._records_total = meta.records_read
         failpoints.hit("recovery.after_restore")
         return meta.id
-
-    def _await_visible(self, meta: CheckpointMeta | None) -> CheckpointMeta | None:
-        """Return the last checkpoint, waiting until it is as new as the committed positions.
-
-        A checkpoint's positions are committed in its own transaction. When its writer
-        crashed while the broker was completing that transaction (a broker restart
-        mid-commit), the positions can become stable, as the topic sources read them,
-        slightly before the checkpoint record is visible to ``read_committed``
-        readers: restoring from the record before it would process its records twice.
-        The readers are made first (on Kafka their positions fetch waits until no
-        transaction holding them is in doubt); then the record is read again until it
-        has caught up with them.
-
-        Raises:
-            LogError: the checkpoint record stays behind for ``AWAIT_VISIBLE_S``.
-        """
-        deadline = self.clock.monotonic() + AWAIT_VISIBLE_S
-        while True:
-            behind = self._behind(meta)
-            if behind is None:
-                return meta
-            if self.clock.monotonic() >= deadline:
-                raise LogError(
-                    f"pipeline '{self.pipeline}': the positions of {behind} were committed "
-                    f"past the last visible checkpoint ({'none' if meta is None else meta.id}) "
-                    f"for {AWAIT_VISIBLE_S:.0f} s; a transaction is still being completed. "
-                    f"Restart to try again"
-                )
-            self.clock.sleep(0.05)
-            meta = read_last_meta(self.log, self.pipeline, self.partition)
-
-    def _behind(self, meta: CheckpointMeta | None) -> str | None:
-        """The first source partition whose committed position is past ``meta``'s, if any."""
-        for src in self.plan.sources:
-            positions = {} if meta is None else meta.positions.get(src.name, {})
-            for reader in src.readers:
-                committed = getattr(reader, "committed", None)
-                if committed is None:
-                    continue
-                at = positions.get(reader.partition)
-                if at is None or at < committed:
-                    return str(reader.partition)
-        return None
 
     def restored_watermarks(self) -> dict[str, int]:
         """The operator watermarks of the checkpoint resumed from (empty on a fresh start)."""

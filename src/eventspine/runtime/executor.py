@@ -70,7 +70,7 @@ class RunOptions:
 
     latency_budget: timedelta = timedelta(milliseconds=20)
     max_batch: int = 200_000
-    min_batch: int = 16
+    min_batch: int = 64
     flush_interval: timedelta = timedelta(seconds=1)
     idle_sleep: timedelta = timedelta(milliseconds=10)
     state_dir: str | None = None

@@ -89,7 +89,11 @@ class Standbys:
         """Stop following ``partition``; return its copies by step (``None`` if none)."""
         copies = self.warm.pop(partition, None)
         if copies is not None and self._tail is not None:
-            self._tail.unassign((names.changelog(self.pipeline, s), partition) for s in copies)
+            try:
+                self._tail.unassign((names.changelog(self.pipeline, s), partition) for s in copies)
+            except LogError as exc:  # the copy read so far is still good: keep it
+                _log.warning("pipeline %s: standby copies dropped: %s", self.pipeline, exc)
+                self.close()
         return copies
 
     def poll(self, max_records: int = 20_000) -> int:

@@ -69,7 +69,9 @@ _log = logging.getLogger("eventspine.worker")
 #: how long a worker waits before restarting its tasks after a failed checkpoint
 RETRY_PAUSE_S = 0.5
 #: how long an aborted checkpoint waits for the group's rebalance before it is written again
-REBALANCE_WAIT_S = 3.0
+REBALANCE_WAIT_S = 5.0
+#: ...and until its callbacks have been quiet this long
+REBALANCE_QUIET_S = 0.5
 #: the exit code of a worker the stall watchdog stopped (EX_TEMPFAIL: restart it)
 EXIT_STALLED = 75
 
@@ -139,6 +141,7 @@ class Worker:
         self._starting: list[int] = []
         self._restoring = False
         self._in_checkpoint = False
+        self._in_revoke = False
         self._standbys: Standbys | None = None
         self._follow_due = 0.0
         self.tasks: dict[int, Executor] = {}
@@ -206,12 +209,16 @@ class Worker:
     def _on_revoke(self, partitions: list[int]) -> None:
         self.stats.rebalanced("revoke", partitions)  # metrics hook
         if any(p in self.tasks for p in partitions) and not self._in_checkpoint:
+            self._in_revoke = True  # inside the member's poll: _commit must not poll it
             # The next owner resumes exactly where this worker stopped. If the commit
             # fails, checkpoint() restarts the tasks instead; the revoked ones are dropped
             # below either way and resume from their last committed checkpoint. (A revoke
             # while a checkpoint waits out a rebalance only drops: that checkpoint is
             # written again for the tasks that stay.)
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            finally:
+                self._in_revoke = False
         self._starting = [p for p in self._starting if p not in partitions]
         self._drop([p for p in partitions if p in self.tasks])
 
@@ -441,8 +448,8 @@ class Worker:
                     ckpt.write(txn, p)
             return pending
         except TransactionAbortedError as exc:
-            if self._member is None:
-                raise
+            if self._member is None or self._in_revoke:
+                raise  # (in a revoke callback the group cannot move on until it returns)
             self.stats.checkpoint_failed()  # metrics hook
             _log.info(
                 "pipeline %s: a checkpoint was aborted (%s); writing it again after the rebalance",
@@ -459,12 +466,21 @@ class Worker:
         return kept
 
     def _await_rebalance(self) -> None:
-        """Serve the group until a rebalance completes, for at most ``REBALANCE_WAIT_S``."""
+        """Serve the group until a rebalance is over, for at most ``REBALANCE_WAIT_S``.
+
+        Over: its callbacks ran, then none for ``REBALANCE_QUIET_S`` (a cooperative
+        rebalance has two rounds, each with its own callbacks).
+        """
         member = self._member
-        before = member.rebalances
+        seen = member.rebalances
+        changed_at: float | None = None
         deadline = time.monotonic() + REBALANCE_WAIT_S
-        while member.rebalances == before and time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
+            if changed_at is not None and now - changed_at >= REBALANCE_QUIET_S:
+                return
             member.poll(0.05)
+            if member.rebalances != seen:
+                seen, changed_at = member.rebalances, time.monotonic()
 
     def _restart_tasks(self, exc: LogError) -> None:
         """A group checkpoint failed: redo the owned tasks from their last checkpoint."""

@@ -43,6 +43,10 @@ _EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  
 _LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
 
+#: ``transaction.abort.timed.out.transaction.cleanup.interval.ms``, the broker's default
+_ABORT_SCAN_S = 10.0
+
+
 def _key(tp: TopicPartition) -> tuple[str, int]:
     return tp.topic, tp.partition
 
@@ -331,13 +335,17 @@ class KafkaLog:
         A writer that died inside a transaction holds the last stable offset back until
         the broker aborts it (``transaction_timeout_ms``); a ``read_committed`` read
         before then misses whatever was committed after it. Restoring a task waits here
-        first, for at most the transaction timeout plus the request timeout.
+        first, for at most the transaction timeout, plus the broker's 10 s abort scan and
+        the request timeout.
 
         Raises:
             LogError: a transaction stayed open that long, or the broker failed.
         """
         tps = [TopicPartition(t, p) for t, p in partitions]
-        limit = (self._settings.transaction_timeout_ms / 1000) + self._settings.timeout_s
+        # The broker aborts expired transactions on a periodic scan (every 10 s by default).
+        limit = (
+            self._settings.transaction_timeout_ms / 1000 + _ABORT_SCAN_S + self._settings.timeout_s
+        )
         deadline = time.monotonic() + limit
         waited = False
         while tps:
@@ -350,7 +358,8 @@ class KafkaLog:
                 names = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
                 raise LogError(
                     f"a transaction stayed open on {names} for {limit:.0f} s (the last stable "
-                    f"offset did not reach the end); its writer may still be running"
+                    f"offset did not reach the end); its writer may still be running, or the "
+                    f"transaction hangs (see `kafka-transactions.sh find-hanging` and `abort`)"
                 )
             waited = True
             time.sleep(0.1)

@@ -120,10 +120,16 @@ class TransactionalProducer:
         """
         if self.settings.transactional_id is None:
             self.drop()
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() in _FENCED_CODES:
+                return LogError(
+                    f"the Kafka transaction coordinator fenced this log's producer ({exc}): "
+                    f"it aborted a transaction open longer than transaction_timeout_ms, so "
+                    f"nothing of it is visible; the next transaction initializes a new producer"
+                )
             return LogError(
-                f"the Kafka transaction coordinator fenced this log's producer ({exc}): it "
-                f"aborted a transaction open longer than transaction_timeout_ms, so nothing "
-                f"of it is visible; the next transaction initializes a new producer"
+                f"this log's Kafka producer failed fatally ({exc}); nothing of its open "
+                f"transaction is visible, and the next transaction initializes a new producer"
             )
         self.fenced = (
             f"another process with the same Kafka transactional id {self.transactional_id!r} "
