@@ -46,6 +46,7 @@ import contextlib
 import csv
 import io
 import os
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, final
 
@@ -82,6 +83,20 @@ def _fsync_dir(path: str) -> None:
         pass  # some file systems refuse fsync on a directory; nothing more can be done
     finally:
         os.close(fd)
+
+
+def _crc(f: BinaryIO, n: int) -> int:
+    """The CRC-32 of the first ``n`` bytes of ``f``; leaves ``f`` at its end."""
+    f.seek(0)
+    crc, left = 0, n
+    while left:
+        chunk = f.read(min(left, _COPY))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    f.seek(0, os.SEEK_END)
+    return crc
 
 
 def _remove(path: str) -> None:
@@ -173,16 +188,19 @@ class _FileWriter:
         self._require_transactional("prepare")
         self._before_prepare()
         f = self._f
-        staged = 0
+        staged = crc = 0
         if f is not None:
             try:
                 f.flush()
                 os.fsync(f.fileno())
                 staged = f.tell()
+                crc = _crc(f, staged)
             except OSError as exc:
                 raise SinkError(f"cannot write {self.staging_path!r}: {exc}") from exc
         self._staged = staged
-        return {"committed_len": self.committed_len + staged, "staged": staged}
+        # The CRC tells, on recovery, the staged bytes of this checkpoint apart from those
+        # of the next epoch, which the staging file holds once this one is published.
+        return {"committed_len": self.committed_len + staged, "staged": staged, "crc": crc}
 
     def publish(self, ckpt_id: int) -> None:
         """Append the prepared bytes to ``path`` (at its committed length), fsync, empty staging.
@@ -238,14 +256,19 @@ class _FileWriter:
                     _fsync_dir(self.path)
                 self.committed_len = 0
             else:
-                self._reconcile(int(intent["committed_len"]), int(intent["staged"]))
+                crc = intent.get("crc")
+                self._reconcile(
+                    int(intent["committed_len"]),
+                    int(intent["staged"]),
+                    None if crc is None else int(crc),
+                )
             _remove(self.staging_path)
         except OSError as exc:
             raise SinkError(f"cannot recover {self.path!r}: {exc}") from exc
         self._recovered = True
         self._after_recover()
 
-    def _reconcile(self, committed: int, staged: int) -> None:
+    def _reconcile(self, committed: int, staged: int, crc: int | None) -> None:
         try:
             size: int | None = os.path.getsize(self.path)
         except FileNotFoundError:
@@ -254,7 +277,7 @@ class _FileWriter:
         if size is not None and size >= committed:
             if size > committed:
                 os.truncate(self.path, committed)  # bytes of a checkpoint that never committed
-        elif (size or 0) >= prev and self._staging_size() >= staged:
+        elif (size or 0) >= prev and self._staging_holds(staged, crc):
             # The publish of the last checkpoint stopped before or during its append.
             if size is None:
                 with open(self.path, "wb"):
@@ -273,6 +296,15 @@ class _FileWriter:
                 f"then rewritten from the start)"
             )
         self.committed_len = committed
+
+    def _staging_holds(self, staged: int, crc: int | None) -> bool:
+        """Whether the staging file starts with the ``staged`` bytes the checkpoint covered."""
+        if self._staging_size() < staged:
+            return False
+        if crc is None:  # an intent written before CRCs were kept
+            return True
+        with open(self.staging_path, "rb") as src:
+            return _crc(src, staged) == crc
 
     def _staging_size(self) -> int:
         try:

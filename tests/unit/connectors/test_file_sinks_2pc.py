@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def test_csv_with_columns_commits_the_header_at_the_first_checkpoint(tmp_path: P
     w = CsvSink(path, columns=["a", "b"]).open(ctx())
     w.recover(None)
     intent = w.prepare(1)
-    assert intent == {"committed_len": 4, "staged": 4}
+    assert intent == {"committed_len": 4, "staged": 4, "crc": zlib.crc32(b"a,b\n")}
     w.publish(1)
     w.write(Batch.of_frame(Batch([{"a": 1, "b": None}], [0]).frame))
     w.prepare(2)
@@ -162,7 +163,7 @@ def test_write_and_flush_never_touch_the_file_and_close_does_not_publish(tmp_pat
     w.flush()
     assert path.read_bytes() == b""
     assert Path(str(path) + ".staging").read_bytes() == b'{"a":1}\n'
-    assert w.prepare(1) == {"committed_len": 0 + 8, "staged": 8}
+    assert w.prepare(1) == {"committed_len": 0 + 8, "staged": 8, "crc": zlib.crc32(b'{"a":1}\n')}
     w.close()
     assert path.read_bytes() == b""
 
@@ -172,9 +173,9 @@ def test_publish_of_an_empty_checkpoint_keeps_the_committed_length(tmp_path: Pat
     w = JsonLinesSink(path).open(ctx())
     w.recover(None)
     w.write(Batch([{"a": 1}], [0]))
-    assert w.prepare(1) == {"committed_len": 8, "staged": 8}
+    assert w.prepare(1) == {"committed_len": 8, "staged": 8, "crc": zlib.crc32(b'{"a":1}\n')}
     w.publish(1)
-    assert w.prepare(2) == {"committed_len": 8, "staged": 0}
+    assert w.prepare(2) == {"committed_len": 8, "staged": 0, "crc": 0}
     w.publish(2)
     w.close()
     assert path.read_bytes() == b'{"a":1}\n'
@@ -223,3 +224,24 @@ def test_direct_mode_is_unchanged_and_refuses_two_phase_calls(tmp_path: Path) ->
 def test_sinks_are_still_importable_from_files() -> None:
     assert ReexportedCsvSink is CsvSink
     assert ReexportedJsonLinesSink is JsonLinesSink
+
+
+def test_a_truncated_file_is_not_refilled_from_the_next_epochs_staging(tmp_path: Path) -> None:
+    """Committed bytes cut off outside eventspine, staging already holding newer records.
+
+    The staging file then has at least as many bytes as the last checkpoint staged, but
+    they are the next epoch's: copying them in would lose and repeat records (T2 found it).
+    """
+    path = tmp_path / "out.jsonl"
+    w = JsonLinesSink(path).open(ctx())
+    w.recover(None)
+    w.write(Batch([{"a": 1}, {"a": 2}], [0, 1]))
+    intent = w.prepare(1)
+    w.publish(1)
+    w.write(Batch([{"b": 3}, {"b": 4}, {"b": 5}], [2, 3, 4]))  # the next epoch, not committed
+    w.flush()
+    crash(w)
+    os.truncate(path, intent["committed_len"] - 3)  # damaged outside eventspine
+    w = JsonLinesSink(path).open(ctx())
+    with pytest.raises(StorageCorruptError, match="does not match the last checkpoint"):
+        w.recover(intent)

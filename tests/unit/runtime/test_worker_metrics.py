@@ -146,7 +146,7 @@ def _pipeline(slow_s: float) -> es.Pipeline:
     p = es.Pipeline("wm")
     p.source(
         "input",
-        es.topic("in"),
+        es.topic("in", key="key"),  # produced keyed by key (no repartition)
         timestamps=es.EventTime("ts", max_delay=timedelta(0), idle_timeout=None),
     ).key_by("by_key", "key").process("count", Count(slow_s)).sink(
         "out", es.topic("out", key="key")
