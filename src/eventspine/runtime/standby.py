@@ -26,6 +26,7 @@ standby replicas; here the count is fixed at "every other worker".
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ __all__ = ["Standbys", "WarmChangelog"]
 
 _log = logging.getLogger("eventspine.worker")
 _SUFFIX = ".changelog"
+#: how often to look for changelog topics while none exists yet
+RELIST_S = 2.0
 
 
 @dataclass
@@ -57,15 +60,22 @@ class Standbys:
         self.warm: dict[int, dict[str, WarmChangelog]] = {}
         self._tail: LogTail | None = None
         self._steps: dict[str, str] = {}  # changelog topic -> step
+        self._listed_at = float("-inf")
 
     def follow(self, partitions: Iterable[int]) -> None:
-        """Follow exactly these partitions (start new copies, drop the others)."""
+        """Follow exactly these partitions (start new copies, drop the others).
+
+        Until the pipeline's changelog topics exist (a worker can start before the first
+        task created them), a call looks for them again every ``RELIST_S``.
+        """
         wanted = set(partitions)
         for p in [p for p in self.warm if p not in wanted]:
             self.take(p)
         new = sorted(wanted - set(self.warm))
-        if not new:
+        now = time.monotonic()
+        if not new and (self._steps or now - self._listed_at < RELIST_S):
             return
+        self._listed_at = now
         prefix = names.prefix(self.pipeline)
         topics = {
             name: info
@@ -74,12 +84,13 @@ class Standbys:
         }
         self._steps = {name: name[len(prefix) : -len(_SUFFIX)] for name in topics}
         positions: dict[tuple[str, int], int] = {}
-        for p in new:
-            copies = self.warm[p] = {}
+        for p in sorted(wanted):
+            copies = self.warm.setdefault(p, {})
             for name, info in topics.items():
-                if p < len(info.offsets):
+                step = self._steps[name]
+                if step not in copies and p < len(info.offsets):
                     start = info.offsets[p].log_start
-                    copies[self._steps[name]] = WarmChangelog(start)
+                    copies[step] = WarmChangelog(start)
                     positions[name, p] = start
         if self._tail is None:
             self._tail = open_tail(self.log)

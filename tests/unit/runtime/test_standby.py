@@ -11,6 +11,8 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 import eventspine as es
 from eventspine.log import LogRecord, MemoryLog
 from eventspine.log.base import TopicSpec
@@ -106,4 +108,23 @@ def test_follow_drops_partitions_no_longer_wanted_and_take_stops_following() -> 
     _produce(log, 100, 50)
     _run(log)
     assert standbys.poll() == 0  # nothing followed any more
+    standbys.close()
+
+
+def test_a_worker_that_follows_before_the_changelogs_exist_picks_them_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("eventspine.runtime.standby.RELIST_S", 0.0)
+    log = MemoryLog()
+    log.create_topic(TopicSpec("in", partitions=2))
+    standbys = Standbys(log, "counts")
+    standbys.follow([0, 1])  # no task has created the changelogs yet
+    assert standbys.poll() == 0
+    _produce(log, 0, 100)
+    _run(log)  # creates and fills them
+    standbys.follow([0, 1])
+    assert standbys.poll() > 0
+    warm = standbys.take(1)
+    assert warm is not None
+    assert warm["count"].records > 0
     standbys.close()
