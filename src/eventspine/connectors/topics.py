@@ -66,7 +66,7 @@ import msgspec
 
 from eventspine.dataflow.ports import Chunk, OpenContext
 from eventspine.errors import ConfigError, DecodeError, DefinitionError, LogError, SinkError
-from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec
+from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec, append_in_transaction
 from eventspine.log.partitioner import key_bytes, partition_for
 from eventspine.records import Batch, is_event_type
 from eventspine.serde.codecs import Codec, JsonCodec
@@ -280,11 +280,7 @@ class TopicConnection(Sequence["TopicReader"]):
         """Append buffered records only without a checkpointer (see the module doc)."""
         if self._context.transactional:
             return
-        drained = self.drain_log_records()
-        if drained:
-            with self._log.transaction() as txn:
-                for name, part, recs in drained:
-                    txn.append(name, part, recs)
+        append_in_transaction(self._log, self.drain_log_records())
 
     def close(self) -> None:
         """Flush (without a checkpointer); with one, undrained records are discarded."""

@@ -48,6 +48,7 @@ __all__ = [
     "TopicInfo",
     "TailRecord",
     "TopicSpec",
+    "append_in_transaction",
     "open_tail",
     "read_all",
     "read_range",
@@ -341,6 +342,16 @@ def read_range(
             return
         yield records
         offset = records[-1].offset + 1
+
+
+def append_in_transaction(
+    log: Log, appends: Sequence[tuple[str, int, Sequence[LogRecord]]]
+) -> None:
+    """Append ``(topic, partition, records)`` groups in one transaction (none: nothing)."""
+    if appends:
+        with log.transaction() as txn:
+            for topic, partition, records in appends:
+                txn.append(topic, partition, records)
 
 
 def read_all(log: Log, info: TopicInfo) -> Iterator[tuple[int, StoredRecord]]:

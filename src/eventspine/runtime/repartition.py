@@ -69,7 +69,7 @@ from eventspine.dataflow.steps import (
     WindowStep,
 )
 from eventspine.errors import SinkError, StateError
-from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec
+from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec, append_in_transaction
 from eventspine.log.partitioner import key_bytes, partition_for
 from eventspine.records import Batch
 from eventspine.runtime.checkpoint import repartition_spec
@@ -267,11 +267,7 @@ class RepartitionWriter:
         """Append buffered records now, only when no checkpoint drives this sink."""
         if self._context.transactional:
             return
-        drained = self.drain_log_records()
-        if drained:
-            with self._log.transaction() as txn:
-                for name, part, recs in drained:
-                    txn.append(name, part, recs)
+        append_in_transaction(self._log, self.drain_log_records())
 
     def close(self) -> None:
         """Flush (without a checkpointer); with one, undrained records are discarded."""
