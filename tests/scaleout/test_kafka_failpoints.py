@@ -20,14 +20,13 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventspine.log import Log, open_log
+from eventspine.log import Log
 from reliability.harness.failpoint_names import CHECKPOINT_FAILPOINTS, KAFKA_TXN_FAILPOINTS, hits
 
 from .cluster import Workers, judge, judge_windows, make_input, read_topic, wait_output
@@ -118,13 +117,6 @@ class Lane:
         self.hits_log.write_text("")  # the next worker counts from zero again
         self.next()
         return True
-
-
-@pytest.fixture
-def kafka_log(kafka_bootstrap: str) -> Iterator[Log]:
-    log = open_log(f"kafka://{kafka_bootstrap}")
-    yield log
-    log.close()
 
 
 def _lane(log: Log, url: str, tmp: Path, failpoints: tuple[str, ...]) -> Lane:

@@ -14,13 +14,12 @@ import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventspine.log import Log, open_log
+from eventspine.log import Log
 
 from .cluster import Workers, judge, make_input, read_topic, wait_output
 from .pipeline import expected
@@ -28,13 +27,6 @@ from .pipeline import expected
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 6
-
-
-@pytest.fixture
-def kafka_log(kafka_bootstrap: str) -> Iterator[Log]:
-    log = open_log(f"kafka://{kafka_bootstrap}")
-    yield log
-    log.close()
 
 
 def _scrape(port: int) -> dict[str, float] | None:

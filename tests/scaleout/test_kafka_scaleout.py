@@ -14,24 +14,16 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from eventspine.log import Log, open_log
+from eventspine.log import Log
 
 from .cluster import Workers, judge, judge_windows, make_input, read_topic, wait_output
 from .pipeline import expected
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def kafka_log(kafka_bootstrap: str) -> Iterator[Log]:
-    log = open_log(f"kafka://{kafka_bootstrap}")
-    yield log
-    log.close()
 
 
 def _setup(

@@ -24,7 +24,6 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from eventspine.connectors.topics import key_bytes, partition_for
-from eventspine.log import Log, open_log
+from eventspine.log import Log
 from eventspine.log.base import LogRecord, TopicSpec, read_range
 from eventspine.log.kafka import KafkaLog
 from eventspine.runtime.checkpoint import names, read_last_meta
@@ -47,13 +46,6 @@ URL_OPTIONS = "?transaction_timeout_ms=6000&request_timeout_ms=5000"
 STATEFUL = ("stats", "counts")
 #: A restore that makes no progress for this long fails the test (T12 watchdog).
 RESTORE_BOUND_S = 60.0
-
-
-@pytest.fixture
-def kafka_log(kafka_bootstrap: str) -> Iterator[Log]:
-    log = open_log(f"kafka://{kafka_bootstrap}")
-    yield log
-    log.close()
 
 
 class Run:
@@ -351,7 +343,7 @@ def test_worker_joins_while_another_restores(
         run.workers.wait_log(1, "assigned task(s)", timeout=30)
         run.start(slow_ms=0)
         # Worker 3's JoinGroup puts the group into a rebalance, which waits for worker 2
-        # to finish restoring (it serves the group between loop passes only).
+        # to finish its current restore (it serves the group between restores).
         _wait_for(
             "a rebalance",
             lambda: _group_state(kafka_bootstrap, run.app) == "PREPARING_REBALANCING",
@@ -361,8 +353,10 @@ def test_worker_joins_while_another_restores(
         assert not _started(run.err(1)), "the restore ended before the join: slow it down"
         run.workers.wait_log(2, "assigned task(s)", timeout=60)
         text = run.err(1)
-        assert "revoking task(s)" in text, text  # the tasks moved after the restore
-        assert len(_started(text)) == 4, text
+        assert "revoking task(s)" in text, text  # the tasks moved after the first restore
+        # ... before worker 2 restored the others: it restores one task per loop pass and
+        # hands tasks it has not restored yet to worker 3 instead of restoring all four.
+        assert 1 <= len(_started(text)) < 4, text
         assert "started (checkpoint None)" not in text, text
         run.finish(recs)
     finally:

@@ -28,6 +28,7 @@ Failpoints (see :mod:`eventspine.failpoints`) mark each step of the protocol:
 from __future__ import annotations
 
 import base64
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,8 @@ __all__ = [
 _META_FORMAT = 1
 #: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
 RETENTION_EVERY_S = 60.0
+#: how many checkpoint durations a run keeps (for benchmarks and inspection)
+DURATIONS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,10 @@ class Checkpointer:
                 f"durable log (log=None / --log-url memory://) or change the step"
             )
         self.signature = _signature(plan)
-        self.durations_s: list[float] = []
+        #: how many checkpoints this run committed
+        self.count = 0
+        #: the durations of the latest checkpoints (bounded: a run may last months)
+        self.durations_s: deque[float] = deque(maxlen=DURATIONS_KEPT)
         #: set by a worker before ``recover`` to follow the restore (metrics)
         self.restore_progress: RestoreProgress | None = None
 
@@ -481,6 +487,7 @@ class Checkpointer:
         self._last = self.clock.monotonic()
         self._records_since = 0
         self.durations_s.append(self._last - pending.started)
+        self.count += 1
         return ckpt
 
     def _meta(

@@ -194,13 +194,13 @@ class Executor:
         """The run's result (after it finished or was stopped)."""
         ckpt = self.checkpointer
         self.inspector.finished = True
-        self.inspector.checkpoints = 0 if ckpt is None else len(ckpt.durations_s)
+        self.inspector.checkpoints = 0 if ckpt is None else ckpt.count
         return RunResult(
             self.inspector,
             self.plan.dead_letters,
             stopped,
             resumed_from=resumed,
-            checkpoints=0 if ckpt is None else len(ckpt.durations_s),
+            checkpoints=0 if ckpt is None else ckpt.count,
         )
 
     def start(self, warm: Mapping[str, WarmChangelog] | None = None) -> int | None:

@@ -228,7 +228,11 @@ class Worker:
         self._drop([p for p in partitions if p in self.tasks])
 
     def _start_pending(self) -> None:
-        """Build and restore the tasks assigned but not started (a failure keeps them queued)."""
+        """Build and restore the tasks assigned but not started (a failure keeps them queued).
+
+        In a group, one task per call: the loop serves the group (heartbeat, rebalance
+        callbacks, a revocation of a task still queued) before the next restore.
+        """
         while self._starting:
             p = self._starting[0]
             if p not in self.tasks:
@@ -268,6 +272,8 @@ class Worker:
                     _warm_note(warm),
                 )
             self._starting.pop(0)
+            if self._member is not None:
+                return  # one restore per loop pass: the group is served between restores
 
     def _drop(self, partitions: list[int]) -> None:
         for p in partitions:

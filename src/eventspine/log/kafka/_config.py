@@ -35,11 +35,14 @@ _INT_OPTIONS = {
     "request_timeout_ms": 1,
     "max_readers": 1,
     "session_timeout_ms": 1,
+    "max_poll_interval_ms": 1,
+    "fetch_buffer_kb": 1,
+    "produce_buffer_kb": 1,
 }
 _USAGE = (
     "kafka://host:port[,host:port...]?option=value; options: replication_factor, "
     "transactional_id, transaction_timeout_ms, request_timeout_ms, max_readers, "
-    "session_timeout_ms, "
+    "session_timeout_ms, max_poll_interval_ms, fetch_buffer_kb, produce_buffer_kb, "
     "kafka.<librdkafka setting> (e.g. kafka.security.protocol=SASL_SSL) and "
     "topic.<topic config> (e.g. topic.min.insync.replicas=2)"
 )
@@ -60,6 +63,9 @@ class KafkaSettings:
     request_timeout_ms: int = 10_000
     max_readers: int = 8
     session_timeout_ms: int = 6_000
+    max_poll_interval_ms: int = 300_000
+    fetch_buffer_kb: int = 4_096
+    produce_buffer_kb: int = 65_536
     client_config: Mapping[str, str] = field(default_factory=dict)
     topic_config: Mapping[str, str] = field(default_factory=dict)
 
@@ -77,6 +83,11 @@ class KafkaSettings:
                 f"KafkaLog request_timeout_ms ({self.request_timeout_ms}) must be below "
                 f"transaction_timeout_ms ({self.transaction_timeout_ms}): a stuck request must "
                 f"fail before the broker aborts the transaction under it"
+            )
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ConfigError(
+                f"KafkaLog max_poll_interval_ms ({self.max_poll_interval_ms}) must be at least "
+                f"session_timeout_ms ({self.session_timeout_ms}) (a librdkafka rule)"
             )
         if self.transactional_id == "":
             raise ConfigError("KafkaLog transactional_id must not be empty (None generates one)")
@@ -105,6 +116,10 @@ class KafkaSettings:
             "linger.ms": 5,
             "message.timeout.ms": self.request_timeout_ms,
             "request.timeout.ms": self.request_timeout_ms,
+            # Bounded memory while the broker is slow or unreachable: a full queue makes
+            # ``produce`` wait (serving delivery reports) instead of growing.
+            "queue.buffering.max.kbytes": self.produce_buffer_kb,
+            **self._user("queue.buffering.max.kbytes"),
         }
 
     def transactional_producer(self, transactional_id: str) -> dict[str, Any]:
@@ -129,8 +144,16 @@ class KafkaSettings:
             # re-positioned read or an offsets request on the same connection waits for it
             # (librdkafka's default 500 ms made every seek cost 0.5-1 s).
             "fetch.wait.max.ms": 50,
-            **{k: v for k, v in self.client_config.items() if k == "fetch.wait.max.ms"},
+            # Backpressure: librdkafka stops fetching a partition whose queue of prefetched
+            # records holds this much, and fetches again as the pipeline reads them (the
+            # effect of pause/resume). Without it each partition prefetches up to 64 MiB.
+            "queued.max.messages.kbytes": self.fetch_buffer_kb,
+            **self._user("fetch.wait.max.ms", "queued.max.messages.kbytes"),
         }
+
+    def _user(self, *names: str) -> dict[str, str]:
+        """The user's ``kafka.*`` settings among ``names`` (they win over the defaults)."""
+        return {k: v for k, v in self.client_config.items() if k in names}
 
 
 def settings_from_url(url: str) -> KafkaSettings:
@@ -168,6 +191,9 @@ def settings_from_url(url: str) -> KafkaSettings:
         request_timeout_ms=ints.get("request_timeout_ms", 10_000),
         max_readers=ints.get("max_readers", 8),
         session_timeout_ms=ints.get("session_timeout_ms", 6_000),
+        max_poll_interval_ms=ints.get("max_poll_interval_ms", 300_000),
+        fetch_buffer_kb=ints.get("fetch_buffer_kb", 4_096),
+        produce_buffer_kb=ints.get("produce_buffer_kb", 65_536),
         client_config=client,
         topic_config=topic,
     )

@@ -77,6 +77,9 @@ class KafkaGroupMember:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": max(100, session_timeout_ms // 6),
+            # A worker loop that does not serve its member this long (a step blocking on
+            # user code) leaves the group: its tasks move, its next commit is fenced.
+            "max.poll.interval.ms": max(settings.max_poll_interval_ms, session_timeout_ms),
             "fetch.wait.max.ms": 50,
         }
         self._consumer: Consumer = make_client(Consumer, config)

@@ -1,0 +1,33 @@
+"""The librdkafka configs a Kafka URL turns into (no broker needed)."""
+
+import pytest
+
+from eventspine.errors import ConfigError
+from eventspine.log.kafka._config import settings_from_url
+
+
+def test_buffers_bound_prefetch_and_produce_queues() -> None:
+    settings = settings_from_url("kafka://h:9092")
+    assert settings.consumer("g")["queued.max.messages.kbytes"] == 4096
+    assert settings.producer()["queue.buffering.max.kbytes"] == 65536
+    assert settings.transactional_producer("t")["queue.buffering.max.kbytes"] == 65536
+    tuned = settings_from_url("kafka://h:9092?fetch_buffer_kb=512&produce_buffer_kb=1024")
+    assert tuned.consumer("g")["queued.max.messages.kbytes"] == 512
+    assert tuned.transactional_producer("t")["queue.buffering.max.kbytes"] == 1024
+
+
+def test_user_librdkafka_settings_win_over_the_buffer_options() -> None:
+    url = "kafka://h:9092?kafka.queued.max.messages.kbytes=100&kafka.queue.buffering.max.kbytes=200"
+    settings = settings_from_url(url)
+    assert settings.consumer("g")["queued.max.messages.kbytes"] == "100"
+    assert settings.producer()["queue.buffering.max.kbytes"] == "200"
+
+
+def test_max_poll_interval_is_at_least_the_session() -> None:
+    assert (
+        settings_from_url("kafka://h:9092?max_poll_interval_ms=6000").max_poll_interval_ms == 6000
+    )
+    with pytest.raises(ConfigError, match=r"max_poll_interval_ms \(5000\) must be at least"):
+        settings_from_url("kafka://h:9092?max_poll_interval_ms=5000")
+    with pytest.raises(ConfigError, match="fetch_buffer_kb must be an int >= 1"):
+        settings_from_url("kafka://h:9092?fetch_buffer_kb=0")
