@@ -61,7 +61,8 @@ three ``eventspine run`` processes::
 4. A fourth worker joins (its tasks move there with a checkpoint, as in a rescale); once 3 x 2
    tasks run again and output flows in every partition, the *SIGTERM handover*: SIGTERM one
    worker and measure the same per partition (it checkpoints its tasks and leaves the group,
-   so no session wait).
+   so no session wait). The first output that counts is that of a record produced after
+   the worker exited (its final checkpoint commits records it read after the signal).
 5. ``--mid-txn`` (default on): a fifth worker joins with ``EVENTSPINE_FAILPOINTS=
    ckpt.after_output_append=sleep:300@21,ckpt.before_commit=pause@21``: in its 11th
    checkpoint's Kafka transaction it sleeps 300 ms after producing the outputs (so the
@@ -70,7 +71,8 @@ three ``eventspine run`` processes::
    A worker killed while its transaction is open leaves that transaction open on the broker
    until ``transaction_timeout_ms`` (60 s by default) aborts it, and ``read_committed``
    readers cannot read past it in the partitions it wrote.
-6. Stop the trickle, wait 3 s, SIGTERM the rest.
+6. Stop the trickle, wait until every partition's last record has its output (at most
+   ``--limit-s``) and 1 s more, SIGTERM the rest.
 7. ``--profile-restore``: restore task 0 of the stopped pipeline twice in this process
    (``Executor(..., partition=0, partitions=6).start()``, what a worker does when it takes
    a task over), timed, the second under cProfile (top 25 by cumulative time). *Exactly-once check* of the trickle
@@ -369,7 +371,14 @@ def failover(
     load = os.getloadavg()[0]
     t_kill = time.monotonic()
     victim.proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
-    seq_at = {p: trickle.last_seq(p, t_kill) for p in owned}
+    t_gone = t_kill
+    if how == "term":
+        # A SIGTERMed worker reads on until its final checkpoint, which commits records
+        # produced after the signal: only a record produced after it exited shows that
+        # the new owner runs the task.
+        victim.proc.wait(60)
+        t_gone = time.monotonic()
+    seq_at = {p: trickle.last_seq(p, t_gone) for p in owned}
 
     def back(p: int) -> float | None:
         for t, part, row in list(reader.rows):
@@ -419,6 +428,20 @@ def _stopped(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "T"
     except OSError:
         return False
+
+
+def caught_up(trickle: Trickle, reader: OutputReader, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until every partition's last trickle seq has its output."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        seen: dict[int, int] = {}
+        for _, p, row in list(reader.rows):
+            if row.get("key") == trickle.keys.get(p):
+                seen[p] = max(seen.get(p, 0), row.get("seq", 0))
+        if all(seen.get(p, 0) >= trickle.last_seq(p, time.monotonic()) for p in trickle.keys):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # a duplicate would arrive late: give it time
 
 
 def check_exactly_once(variant: str, trickle: Trickle, reader: OutputReader) -> dict[str, Any]:
@@ -552,7 +575,7 @@ def scenario(
             print(f"  [{tag}] kill -9 in txn: {json.dumps(res['kill_in_txn'])}", flush=True)
         time.sleep(2)
         trickle.close()
-        time.sleep(3)
+        caught_up(trickle, reader, limit_s)
         res["exactly_once"] = check_exactly_once(variant, trickle, reader)
     except RuntimeError as exc:
         res["error"] = str(exc)

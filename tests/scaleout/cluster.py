@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -203,3 +204,30 @@ def judge_windows(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
     truth = Counter((r["key"], r["ts"] - r["ts"] % 10_000) for r in records)
     wrong = [r for r in rows if truth[r["key"], r["window_start_ms"]] != r["count"]]
     assert not wrong, f"{len(wrong)} wrong window counts, e.g. {wrong[:3]}"
+
+
+def oracle_input(
+    log: Log, *, records: int, slow_ms: float, repartition: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A new input topic of the oracle pipeline (6 partitions, 40 keys) and the workers' env."""
+    tag = uuid.uuid4().hex[:8]
+    recs = make_input(log, f"in-{tag}", records=records, keys=40, partitions=6)
+    env = {
+        "SCALE_IN": f"in-{tag}",
+        "SCALE_OUT": f"out-{tag}",
+        "SCALE_APP": f"app-{tag}",
+        "SCALE_SLOW_MS": str(slow_ms),
+        "SCALE_REPARTITION": "1" if repartition else "0",
+    }
+    return recs, env
+
+
+def finish(log: Log, workers: Workers, recs: list[dict[str, Any]], out: str) -> None:
+    """Wait for the whole output, stop the workers cleanly, judge it against the oracle."""
+    wait_output(log, out, len(expected(recs)), workers, timeout=120)
+    time.sleep(1.0)  # a duplicate would show up late: give it time to be committed
+    for proc in workers.procs:
+        if proc.poll() is None:
+            assert workers.stop(proc) in (0, 143), workers.stderr()
+    judge(recs, read_topic(log, out))
+    judge_windows(recs, read_topic(log, f"{out}.windows"))

@@ -3,7 +3,7 @@
 A worker reads by pulling, and each partition reader's librdkafka queue stops
 fetching once it holds ``fetch_buffer_kb`` (``docs/kafka.md``, "Backpressure
 and memory"). The test runs the same slow copy pipeline over 60 MiB of input
-twice, with the default buffer (4 MiB) and with librdkafka's own 64 MiB, and compares the
+twice, with the default buffer (16 MiB) and with librdkafka's own 64 MiB, and compares the
 workers' resident memory once they have run for a while: the bounded worker
 must stay tens of MiB below the unbounded one, which holds most of the input.
 """
@@ -84,6 +84,7 @@ def test_a_slow_pipeline_prefetches_at_most_its_fetch_buffer(
     _seed(kafka_log, src)
     bounded = _rss_after_a_while(kafka_log, kafka_bootstrap, src, None, tmp_path / "bounded")
     unbounded = _rss_after_a_while(kafka_log, kafka_bootstrap, src, 65536, tmp_path / "unbounded")
+    print(f"RSS {bounded // MIB} vs {unbounded // MIB} MiB")
     assert unbounded - bounded > 30 * MIB, (
         f"RSS with the default fetch_buffer_kb: {bounded / MIB:.0f} MiB, "
         f"with 65536: {unbounded / MIB:.0f} MiB; the bound should save most of 60 MiB"

@@ -13,15 +13,19 @@ import random
 import re
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from eventspine.log import Log
 
-from .cluster import Workers, judge, judge_windows, make_input, read_topic, wait_output
-from .pipeline import expected
+from .cluster import (
+    Workers,
+    finish,
+    oracle_input,
+    read_topic,
+    wait_output,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -29,27 +33,8 @@ pytestmark = pytest.mark.kafka
 def _setup(
     log: Log, tmp_path: Path, url: str, *, records: int, slow_ms: float, repartition: bool = False
 ) -> tuple[list[dict[str, object]], Workers, str]:
-    tag = uuid.uuid4().hex[:8]
-    recs = make_input(log, f"in-{tag}", records=records, keys=40, partitions=6)
-    env = {
-        "SCALE_IN": f"in-{tag}",
-        "SCALE_OUT": f"out-{tag}",
-        "SCALE_APP": f"app-{tag}",
-        "SCALE_SLOW_MS": str(slow_ms),
-        "SCALE_REPARTITION": "1" if repartition else "0",
-    }
-    return recs, Workers(url, env, tmp_path), f"out-{tag}"
-
-
-def _finish(log: Log, workers: Workers, recs: list[dict[str, object]], out: str) -> None:
-    rows = wait_output(log, out, len(expected(recs)), workers, timeout=120)  # type: ignore[arg-type]
-    time.sleep(1.0)  # a duplicate would show up late: give it time to be committed
-    for proc in workers.procs:
-        if proc.poll() is None:
-            assert workers.stop(proc) in (0, 143), workers.stderr()
-    judge(recs, read_topic(log, out))  # type: ignore[arg-type]
-    judge_windows(recs, read_topic(log, f"{out}.windows"))  # type: ignore[arg-type]
-    del rows
+    recs, env = oracle_input(log, records=records, slow_ms=slow_ms, repartition=repartition)
+    return recs, Workers(url, env, tmp_path), env["SCALE_OUT"]
 
 
 def test_rescale_one_to_three_and_back(
@@ -70,7 +55,7 @@ def test_rescale_one_to_three_and_back(
         assert workers.stop(second) in (0, 143)
         assert workers.stop(third) in (0, 143)
         assert first.poll() is None
-        _finish(kafka_log, workers, recs, out)
+        finish(kafka_log, workers, recs, out)
         log_text = workers.stderr()
         assert "revoking task(s)" in log_text
         assert "started (checkpoint" in log_text
@@ -93,7 +78,7 @@ def test_kill9_of_workers_at_random_points(
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             live.append(workers.start())
-        _finish(kafka_log, workers, recs, out)
+        finish(kafka_log, workers, recs, out)
     finally:
         workers.close()
 
@@ -111,7 +96,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(
         zombie.send_signal(signal.SIGSTOP)
         time.sleep(9)  # > the 6 s session timeout: the group moves the zombie's tasks to `other`
         zombie.send_signal(signal.SIGCONT)
-        _finish(kafka_log, workers, recs, out)
+        finish(kafka_log, workers, recs, out)
         zombie_log = (tmp_path / "worker0.err").read_text()
         assert "session timed out" in zombie_log or "lost task(s)" in zombie_log, zombie_log
     finally:
@@ -136,7 +121,7 @@ def test_at_least_once_with_clean_restarts_matches_the_oracle(
         assert done < len(recs) - 300, "the first worker finished the input: slow it down"
         workers.start("--at-least-once")
         workers.wait_log(1, "started (checkpoint")
-        _finish(kafka_log, workers, recs, out)
+        finish(kafka_log, workers, recs, out)
         assert "task 0 started (checkpoint None)" not in (tmp_path / "worker1.err").read_text()
     finally:
         workers.close()
@@ -156,7 +141,7 @@ def test_standby_copies_take_over_a_killed_worker(
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         workers.wait_log(1, "from a standby copy", timeout=60)
-        _finish(kafka_log, workers, recs, out)
+        finish(kafka_log, workers, recs, out)
         took = re.findall(r"from a standby copy \((\d+) changelog", workers.stderr())
         assert took, workers.stderr()
         assert max(map(int, took)) > 0, workers.stderr()

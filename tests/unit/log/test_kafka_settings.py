@@ -8,7 +8,7 @@ from eventspine.log.kafka._config import settings_from_url
 
 def test_buffers_bound_prefetch_and_produce_queues() -> None:
     settings = settings_from_url("kafka://h:9092")
-    assert settings.consumer("g")["queued.max.messages.kbytes"] == 4096
+    assert settings.consumer("g")["queued.max.messages.kbytes"] == 16384
     assert settings.producer()["queue.buffering.max.kbytes"] == 65536
     assert settings.transactional_producer("t")["queue.buffering.max.kbytes"] == 65536
     tuned = settings_from_url("kafka://h:9092?fetch_buffer_kb=512&produce_buffer_kb=1024")

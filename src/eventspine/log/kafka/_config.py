@@ -64,7 +64,7 @@ class KafkaSettings:
     max_readers: int = 8
     session_timeout_ms: int = 6_000
     max_poll_interval_ms: int = 300_000
-    fetch_buffer_kb: int = 4_096
+    fetch_buffer_kb: int = 16_384
     produce_buffer_kb: int = 65_536
     client_config: Mapping[str, str] = field(default_factory=dict)
     topic_config: Mapping[str, str] = field(default_factory=dict)
@@ -192,7 +192,7 @@ def settings_from_url(url: str) -> KafkaSettings:
         max_readers=ints.get("max_readers", 8),
         session_timeout_ms=ints.get("session_timeout_ms", 6_000),
         max_poll_interval_ms=ints.get("max_poll_interval_ms", 300_000),
-        fetch_buffer_kb=ints.get("fetch_buffer_kb", 4_096),
+        fetch_buffer_kb=ints.get("fetch_buffer_kb", 16_384),
         produce_buffer_kb=ints.get("produce_buffer_kb", 65_536),
         client_config=client,
         topic_config=topic,

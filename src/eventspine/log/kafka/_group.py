@@ -15,7 +15,8 @@ between two loop iterations:
 * ``on_revoke(partitions)``: tasks to give up; the worker checkpoints them
   *before returning*, so the next owner resumes exactly where this one stopped.
 * ``on_lost(partitions)``: tasks taken away without a chance to commit (the
-  session expired); the worker drops them without committing.
+  session expired, or the loop did not poll within ``max.poll.interval.ms``); the
+  worker drops them without committing.
 
 The member's ``consumer_group_metadata()`` (generation and member id) goes into
 every ``send_offsets_to_transaction``: a worker that lost its partitions while
@@ -121,7 +122,12 @@ class KafkaGroupMember:
         self.rebalances += 1
         gone = sorted(tp.partition for tp in partitions if tp.partition in self.owned)
         if gone:
-            LOGGER.warning("group %s: lost task(s) %s (session expired)", self.group, gone)
+            LOGGER.warning(
+                "group %s: lost task(s) %s (out of the group: session expired or "
+                "max.poll.interval.ms exceeded)",
+                self.group,
+                gone,
+            )
             self._on_lost(gone)
         self.owned.difference_update(gone)
 

@@ -179,12 +179,26 @@ def create_topic(admin: AdminClient, spec: TopicSpec, settings: KafkaSettings) -
                 f"Kafka refused to create topic {spec.name!r} ({spec.partitions} partitions, "
                 f"replication factor {settings.replication_factor}): {exc}"
             ) from exc
-        existing = describe_topics(admin, [spec.name], timeout).get(spec.name)
+        existing = _describe_created(admin, spec.name, timeout)
         if existing is None:
             raise LogError(f"Kafka topic {spec.name!r} exists but cannot be described") from exc
         if difference := spec_difference(existing, spec):
             raise LogError(difference) from None
     _wait_usable(admin, spec, timeout)
+
+
+def _describe_created(admin: AdminClient, name: str, timeout: float) -> TopicSpec | None:
+    """Describe a topic another client just created (its metadata may still be on the way).
+
+    Two workers of a new pipeline create its internal topics at the same moment: the
+    loser's ``TOPIC_ALREADY_EXISTS`` can come before the metadata lists the topic.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        existing = describe_topics(admin, [name], timeout).get(name)
+        if existing is not None or time.monotonic() >= deadline:
+            return existing
+        time.sleep(0.1)
 
 
 def delete_topic(admin: AdminClient, name: str, timeout: float) -> None:
