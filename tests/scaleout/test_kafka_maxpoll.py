@@ -91,11 +91,6 @@ def test_a_step_blocked_past_max_poll_interval_loses_its_tasks_and_commits_nothi
         workers.close()
 
 
-# Nightly only, and known to fail: in about half the runs a key's restored state is older
-# than its restored position (a `seq_gap` alert with `last` below the position), so state
-# updates of records before the position are missing: an at-least-once restore bug found
-# by this test and not fixed yet (see docs/guarantees.md, "At-least-once mode").
-@pytest.mark.slow
 def test_at_least_once_workers_killed_at_random_points_lose_nothing(
     kafka_log: Log, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

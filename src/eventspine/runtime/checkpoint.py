@@ -28,6 +28,7 @@ Failpoints (see :mod:`eventspine.failpoints`) mark each step of the protocol:
 from __future__ import annotations
 
 import base64
+import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,7 +62,11 @@ __all__ = [
     "repartition_spec",
 ]
 
+_log = logging.getLogger("eventspine.checkpoint")
+
 _META_FORMAT = 1
+#: The key of every checkpoint record (the checkpoints topic is compacted).
+META_KEY = b"checkpoint"
 #: How often (seconds, at a checkpoint) retention and compaction are applied to the log.
 RETENTION_EVERY_S = 60.0
 #: how many checkpoint durations a run keeps (for benchmarks and inspection)
@@ -288,13 +293,22 @@ class Checkpointer:
             if recover is not None:
                 recover(None if meta is None else meta.sinks.get(sink.name))
         if meta is None:
+            if self.stateful and self._starts_at_group_positions():
+                # No checkpoint record, yet the group committed positions: an at-least-once
+                # checkpoint commits them after its state changes are acknowledged and
+                # before its record (a crash in between), or retention deleted the records
+                # of a long-stopped pipeline. The readers start at those positions, so the
+                # state they need is in the changelogs: restore it, never resume on none.
+                _log.warning(
+                    "pipeline %s: task %d has no checkpoint record but committed positions; "
+                    "resuming from them with the state in its changelogs (an at-least-once "
+                    "checkpoint cut short, or its checkpoint records expired)",
+                    self.pipeline,
+                    self.partition,
+                )
+                self._restore_state(topics, warm)
             return None
-        if self.restore_progress is not None:  # metrics hook
-            changelogs = [names.changelog(self.pipeline, op.name) for op in self.stateful]
-            self.restore_progress.plan(topics, self.partition, changelogs)
-        for op in self.stateful:
-            copy = None if warm is None else warm.get(op.name)
-            op.restore(self._read_changelog(op.name, topics, copy))
+        self._restore_state(topics, warm)
         by_name = {src.name: src for src in self.plan.sources}
         for step, positions in meta.positions.items():
             src = by_name[step]
@@ -315,6 +329,25 @@ class Checkpointer:
         self._records_total = meta.records_read
         failpoints.hit("recovery.after_restore")
         return meta.id
+
+    def _restore_state(
+        self, topics: Mapping[str, TopicInfo], warm: Mapping[str, WarmChangelog] | None
+    ) -> None:
+        if self.restore_progress is not None:  # metrics hook
+            changelogs = [names.changelog(self.pipeline, op.name) for op in self.stateful]
+            self.restore_progress.plan(topics, self.partition, changelogs)
+        for op in self.stateful:
+            copy = None if warm is None else warm.get(op.name)
+            op.restore(self._read_changelog(op.name, topics, copy))
+
+    def _starts_at_group_positions(self) -> bool:
+        """Whether a topic source's reader starts at a position the group committed."""
+        return any(
+            getattr(reader, "partition_id", None) is not None
+            and getattr(reader, "position", None) is not None
+            for src in self.plan.sources
+            for reader in src.readers
+        )
 
     def restored_watermarks(self) -> dict[str, int]:
         """The operator watermarks of the checkpoint resumed from (empty on a fresh start)."""
@@ -463,7 +496,7 @@ class Checkpointer:
             state,
             outputs,
             self._topic_positions(),
-            LogRecord(None, msgspec.json.encode(meta), self.clock.now_ms()),
+            LogRecord(META_KEY, msgspec.json.encode(meta), self.clock.now_ms()),
         )
 
     def committed(self, pending: PendingCheckpoint) -> int:
@@ -568,8 +601,13 @@ def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:
 
 
 def checkpoints_spec(pipeline: str, partitions: int = 1) -> TopicSpec:
-    """The checkpoints topic of ``pipeline`` (one partition per task)."""
-    return TopicSpec(names.checkpoints(pipeline), partitions, retention=timedelta(days=7))
+    """The checkpoints topic of ``pipeline`` (one partition per task).
+
+    Compacted, with one key for every record: each partition keeps at least its last
+    checkpoint record for as long as the pipeline exists. (A time retention would delete
+    it from a pipeline stopped longer than that, which would then start over.)
+    """
+    return TopicSpec(names.checkpoints(pipeline), partitions, compacted=True)
 
 
 def repartition_spec(pipeline: str, step: str, partitions: int) -> TopicSpec:
