@@ -38,7 +38,7 @@ _WAIT_S = 0.05
 
 
 class _Reader:
-    __slots__ = ("broken", "consumer", "lock", "next_offset", "tp")
+    __slots__ = ("bounds", "broken", "consumer", "lock", "next_offset", "tp")
 
     def __init__(self, consumer: Consumer, topic: str, partition: int) -> None:
         self.consumer = consumer
@@ -46,6 +46,9 @@ class _Reader:
         self.next_offset = -1  # not assigned yet
         self.lock = threading.Lock()
         self.broken = False  # a read failed: replace the consumer (its metadata may be stale)
+        #: ``(log_start, end)`` as last asked of the broker: everything below that ``end``
+        #: was committed then and stays so, so a reader behind it needs not ask again
+        self.bounds = (0, 0)
 
 
 class ReaderPool:
@@ -112,50 +115,61 @@ class ReaderPool:
         """
         reader = self._reader(topic, partition)
         with reader.lock:
-            log_start, end = self.offsets(topic, partition)
+            if reader.next_offset == offset and offset < reader.bounds[1]:
+                # Catching up (the common case under load): no offsets round trip per read.
+                out = self._read(reader, offset, max_records, reader.bounds[1])
+                if out:
+                    return out
+            reader.bounds = self.offsets(topic, partition)
+            log_start, end = reader.bounds
             check_in_range(topic, partition, offset, log_start, end)
             if offset == end:
                 return []
-            consumer = reader.consumer
-            if reader.next_offset != offset:
-                consumer.assign([TopicPartition(topic, partition, offset)])
-                reader.next_offset = offset
-            out: list[StoredRecord] = []
-            deadline = time.monotonic() + self._settings.timeout_s
-            while len(out) < max_records:
-                messages = consumer.consume(max_records - len(out), 0)
-                if not messages:
-                    if time.monotonic() > deadline:
-                        reader.next_offset = -1
-                        reader.broken = True
-                        raise LogError(
-                            f"reading {topic}[{partition}] from offset {offset}: no record "
-                            f"arrived within {self._settings.timeout_s:.0f} s although the "
-                            f"partition ends at {end}; check the broker"
-                        )
-                    message = consumer.poll(_WAIT_S)
-                    if message is None:
-                        continue
-                    messages = [message]
-                at_end = False
-                for message in messages:
-                    position = message.offset() or 0
-                    error = message.error()
-                    if error is None:
-                        if position >= reader.next_offset:  # older ones: before a re-assign
-                            out.append(stored_record(message))
-                            reader.next_offset = position + 1
-                    elif error.code() == KafkaError._PARTITION_EOF:
-                        if position >= end:
-                            at_end = True
-                            reader.next_offset = max(reader.next_offset, position)
-                    else:
-                        reader.next_offset = -1
-                        reader.broken = True
-                        raise _read_error(topic, partition, offset, error)
-                if at_end or (out and out[-1].offset >= end - 1):
-                    break
-            return out
+            return self._read(reader, offset, max_records, end)
+
+    def _read(self, reader: _Reader, offset: int, max_records: int, end: int) -> list[StoredRecord]:
+        """Read from ``offset`` until ``max_records`` or ``end`` (the reader's lock held)."""
+        topic, partition = reader.tp.topic, reader.tp.partition
+        consumer = reader.consumer
+        if reader.next_offset != offset:
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            reader.next_offset = offset
+        out: list[StoredRecord] = []
+        deadline = time.monotonic() + self._settings.timeout_s
+        while len(out) < max_records:
+            messages = consumer.consume(max_records - len(out), 0)
+            if not messages:
+                if time.monotonic() > deadline:
+                    reader.next_offset = -1
+                    reader.broken = True
+                    raise LogError(
+                        f"reading {topic}[{partition}] from offset {offset}: no record "
+                        f"arrived within {self._settings.timeout_s:.0f} s although the "
+                        f"partition ends at {end}; check the broker"
+                    )
+                message = consumer.poll(_WAIT_S)
+                if message is None:
+                    continue
+                messages = [message]
+            at_end = False
+            for message in messages:
+                position = message.offset() or 0
+                error = message.error()
+                if error is None:
+                    if position >= reader.next_offset:  # older ones: before a re-assign
+                        out.append(stored_record(message))
+                        reader.next_offset = position + 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if position >= end:
+                        at_end = True
+                        reader.next_offset = max(reader.next_offset, position)
+                else:
+                    reader.next_offset = -1
+                    reader.broken = True
+                    raise _read_error(topic, partition, offset, error)
+            if at_end or (out and out[-1].offset >= end - 1):
+                break
+        return out
 
     def forget(self, topic: str) -> None:
         """Close the consumers of ``topic`` (deleted: their positions mean nothing now)."""
