@@ -83,7 +83,7 @@ def open_log(url: str) -> Log:
         file = Path(path) if path.endswith(".db") else Path(path) / "log.db"
         synchronous = "NORMAL"
         timeout_ms = 5000
-        check = "quick"
+        check = "full"
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "synchronous" and value.upper() in ("NORMAL", "FULL"):
                 synchronous = value.upper()
@@ -100,7 +100,7 @@ def open_log(url: str) -> Log:
             file,
             synchronous="FULL" if synchronous == "FULL" else "NORMAL",
             busy_timeout=timedelta(milliseconds=timeout_ms),
-            check="full" if check == "full" else "none" if check == "none" else "quick",
+            check="quick" if check == "quick" else "none" if check == "none" else "full",
         )
     if parts.scheme == "kafka":
         from eventspine.log.kafka import open_kafka_log  # imports confluent_kafka: only here

@@ -102,7 +102,7 @@ class SqliteLogFile:
         *,
         synchronous: Synchronous,
         busy_timeout_s: float,
-        check: Check = "quick",
+        check: Check = "full",
     ) -> None:
         self.path = path
         self._timeout = busy_timeout_s
