@@ -183,19 +183,12 @@ def settings_from_url(url: str) -> KafkaSettings:
             topic[name.removeprefix(_TOPIC_PREFIX)] = value
         else:
             raise ConfigError(f"log URL {url!r}: unknown option {name!r}; write {_USAGE}")
-    return KafkaSettings(
+    return KafkaSettings(  # an option left out keeps the dataclass default
         bootstrap,
-        replication_factor=ints.get("replication_factor", 1),
         transactional_id=txn_id,
-        transaction_timeout_ms=ints.get("transaction_timeout_ms", 15_000),
-        request_timeout_ms=ints.get("request_timeout_ms", 10_000),
-        max_readers=ints.get("max_readers", 8),
-        session_timeout_ms=ints.get("session_timeout_ms", 6_000),
-        max_poll_interval_ms=ints.get("max_poll_interval_ms", 300_000),
-        fetch_buffer_kb=ints.get("fetch_buffer_kb", 16_384),
-        produce_buffer_kb=ints.get("produce_buffer_kb", 65_536),
         client_config=client,
         topic_config=topic,
+        **ints,
     )
 
 
