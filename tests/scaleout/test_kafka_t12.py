@@ -214,7 +214,7 @@ def test_restore_from_a_compacted_changelog(
         stats = run.changelog("stats")
 
         def ends_now() -> dict[int, int]:
-            return {p: _tail(kafka_log, stats, p)[2] for p in range(partitions)}
+            return {po.partition: po.end for po in kafka_log.topics()[stats].offsets}
 
         deadline = time.monotonic() + 60
         while sum((ends := ends_now()).values()) < 120:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import cast, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from eventspine.errors import ConfigError
@@ -38,6 +39,7 @@ from eventspine.log.base import (
 )
 from eventspine.log.memory import MemoryLog
 from eventspine.log.sqlite import SqliteLog
+from eventspine.log.sqlite_file import DEFAULT_CHECK, Check
 
 __all__ = [
     "Log",
@@ -83,14 +85,14 @@ def open_log(url: str) -> Log:
         file = Path(path) if path.endswith(".db") else Path(path) / "log.db"
         synchronous = "NORMAL"
         timeout_ms = 5000
-        check = "full"
+        check: Check = DEFAULT_CHECK
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "synchronous" and value.upper() in ("NORMAL", "FULL"):
                 synchronous = value.upper()
             elif name == "busy_timeout_ms" and value.isdigit():
                 timeout_ms = int(value)
-            elif name == "check" and value in ("quick", "full", "none"):
-                check = value
+            elif name == "check" and value in get_args(Check):
+                check = cast("Check", value)
             else:
                 raise ConfigError(
                     f"log URL {url!r}: unknown option {name}={value!r}; the options are "
@@ -100,7 +102,7 @@ def open_log(url: str) -> Log:
             file,
             synchronous="FULL" if synchronous == "FULL" else "NORMAL",
             busy_timeout=timedelta(milliseconds=timeout_ms),
-            check="quick" if check == "quick" else "none" if check == "none" else "full",
+            check=check,
         )
     if parts.scheme == "kafka":
         from eventspine.log.kafka import open_kafka_log  # imports confluent_kafka: only here

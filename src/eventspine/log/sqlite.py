@@ -72,7 +72,13 @@ from eventspine.log.base import (
     TopicInfo,
     TopicSpec,
 )
-from eventspine.log.sqlite_file import BatchRow, Check, SqliteLogFile, Synchronous
+from eventspine.log.sqlite_file import (
+    DEFAULT_CHECK,
+    BatchRow,
+    Check,
+    SqliteLogFile,
+    Synchronous,
+)
 from eventspine.timeutil import to_duration_ms
 
 __all__ = ["COMPACT_MIN_BYTES", "SqliteLog"]
@@ -112,7 +118,7 @@ class SqliteLog:
         *,
         synchronous: Synchronous = "NORMAL",
         busy_timeout: timedelta = timedelta(seconds=5),
-        check: Check = "full",
+        check: Check = DEFAULT_CHECK,
         file_type: type[SqliteLogFile] = SqliteLogFile,
     ) -> None:
         if synchronous not in get_args(Synchronous):

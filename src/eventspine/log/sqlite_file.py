@@ -41,11 +41,13 @@ from eventspine import failpoints
 from eventspine.errors import ConfigError, LogError, StorageCorruptError
 from eventspine.log.base import TopicSpec
 
-__all__ = ["SCHEMA_VERSION", "Check", "SqliteLogFile", "Synchronous"]
+__all__ = ["DEFAULT_CHECK", "SCHEMA_VERSION", "Check", "SqliteLogFile", "Synchronous"]
 
 Synchronous = Literal["NORMAL", "FULL"]
 #: What is verified when the file is opened: quick_check, integrity_check, or nothing.
 Check = Literal["quick", "full", "none"]
+#: The check of an open when none is asked for (the one place that sets it).
+DEFAULT_CHECK: Final[Check] = "full"
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x45534C47
 _MAGIC = b"SQLite format 3\x00"
@@ -102,7 +104,7 @@ class SqliteLogFile:
         *,
         synchronous: Synchronous,
         busy_timeout_s: float,
-        check: Check = "full",
+        check: Check = DEFAULT_CHECK,
     ) -> None:
         self.path = path
         self._timeout = busy_timeout_s
