@@ -49,6 +49,7 @@ __all__ = [
     "TailRecord",
     "TopicSpec",
     "append_in_transaction",
+    "fold_latest",
     "open_tail",
     "read_all",
     "read_range",
@@ -342,6 +343,28 @@ def read_range(
             return
         yield records
         offset = records[-1].offset + 1
+
+
+def fold_latest(
+    log: Log, topic: str, partition: int, start: int, end: int, latest: dict[bytes, bytes | None]
+) -> Iterator[tuple[int, int]]:
+    """Fold the committed records of ``topic[partition]`` from ``start`` to ``end`` into ``latest``.
+
+    ``latest[key]`` becomes the value of the key's last record (``None`` for a
+    tombstone): the state a compacted changelog holds. Yields ``(next offset,
+    records folded)`` after each read, for progress reports; iterate to the end.
+    A log may fold faster by itself (``log.fold_latest(...)``, same contract:
+    the Kafka log skips building a :class:`StoredRecord` per message).
+    Records without a key are folded under ``None``.
+    """
+    own = getattr(log, "fold_latest", None)
+    if own is not None:
+        yield from own(topic, partition, start, end, latest)
+        return
+    for records in read_range(log, topic, partition, start, end):
+        for record in records:
+            latest[record.key] = record.value  # type: ignore[index]
+        yield records[-1].offset + 1, len(records)
 
 
 def append_in_transaction(

@@ -39,9 +39,9 @@ import msgspec
 
 from eventspine import failpoints
 from eventspine.errors import StateError
-from eventspine.log.base import LogRecord, TopicInfo, TopicSpec, read_range
+from eventspine.log.base import LogRecord, TopicInfo, TopicSpec, fold_latest, read_range
 from eventspine.runtime.operator import DeadLetterEntry, Operator
-from eventspine.serde.state import decode_state, encode_state
+from eventspine.serde.state import decode_state_items, encode_state
 from eventspine.timeutil import Clock, to_duration_ms
 
 if TYPE_CHECKING:
@@ -387,18 +387,13 @@ class Checkpointer:
         progress = self.restore_progress  # metrics hook
         if progress is not None:
             progress.reached(topic, start, 0)
-        for batch in read_range(self.log, topic, self.partition, start, po.end):
+        for next_offset, count in fold_latest(
+            self.log, topic, self.partition, start, po.end, latest
+        ):
             failpoints.hit("recovery.mid_replay")
-            for rec in batch:
-                assert rec.key is not None
-                latest[rec.key] = rec.value
             if progress is not None:
-                progress.reached(topic, batch[-1].offset + 1, len(batch))
-        return [
-            (decode_state(k, step=step), decode_state(v, step=step))
-            for k, v in latest.items()
-            if v is not None
-        ]
+                progress.reached(topic, next_offset, count)
+        return decode_state_items(((k, v) for k, v in latest.items() if v is not None), step=step)
 
     # -- checkpoints -------------------------------------------------------------------
     def note_records(self, n: int) -> None:

@@ -315,6 +315,7 @@ class ProcessOperator(Operator):
 
     def restore(self, entries: list[tuple[Any, Any]]) -> None:
         """Rebuild state dicts, timers and the counter (on a fresh operator)."""
+        states, saved = self.states, self._saved
         for eid, value in entries:
             if eid == META:
                 self.seq = self._meta_saved = value["seq"]
@@ -322,12 +323,13 @@ class ProcessOperator(Operator):
             key = eid[1]
             state, *timers = value
             if state:
-                self.states[key] = dict(state)
+                # A decoded state is a fresh dict: no copy needed (restores are timed).
+                states[key] = state if type(state) is dict else dict(state)
             for kind, live in enumerate(timers):
                 if live:
                     self.timer_sets[kind][key] = dict(live)
                     self.timer_heaps[kind].extend((at, seq, key) for at, seq in live.items())
-            self._saved.add(key)
+            saved.add(key)
         for heap in self.timer_heaps:
             heapq.heapify(heap)
         self.dirty_keys = set()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from eventspine.errors import StateError
@@ -30,7 +31,13 @@ from eventspine.errors import StateError
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["decode_frame", "decode_state", "encode_frame", "encode_state"]
+__all__ = [
+    "decode_frame",
+    "decode_state",
+    "decode_state_items",
+    "encode_frame",
+    "encode_state",
+]
 
 _PROTOCOL = 5
 
@@ -67,6 +74,29 @@ def decode_state(data: bytes, *, step: str) -> Any:
             f"fresh with `eventspine state reset` (this discards the state) or run the version "
             f"that wrote it"
         ) from exc
+
+
+def decode_state_items(items: Iterable[tuple[bytes, bytes]], *, step: str) -> list[tuple[Any, Any]]:
+    """Return ``[(decode_state(k), decode_state(v)), ...]``, decoded in one pass in C.
+
+    A restore decodes every live state entry (hundreds of thousands per task);
+    this skips :func:`decode_state`'s per-call overhead and reports a bad entry
+    the same way.
+
+    Raises:
+        StateError: as :func:`decode_state`.
+    """
+    pairs = list(items)
+    loads = pickle.loads
+    try:
+        keys = list(map(loads, [k for k, _ in pairs]))
+        values = list(map(loads, [v for _, v in pairs]))
+    except Exception:
+        for k, v in pairs:  # find the bad entry: decode_state raises the StateError
+            decode_state(k, step=step)
+            decode_state(v, step=step)
+        raise
+    return list(zip(keys, values, strict=True))
 
 
 def encode_frame(frame: pl.DataFrame) -> bytes:

@@ -44,7 +44,14 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from eventspine.errors import LogError, TopicNotFoundError
-from eventspine.log.base import Log, LogRecord, PartitionOffsets, StoredRecord, TopicSpec
+from eventspine.log.base import (
+    Log,
+    LogRecord,
+    PartitionOffsets,
+    StoredRecord,
+    TopicSpec,
+    fold_latest,
+)
 
 __all__ = ["LogConformance"]
 
@@ -408,6 +415,30 @@ class LogConformance:
             log.append(name, 0, [LogRecord(b"k2", b"v", 3_500)])  # tombstone now 1.5 s old
             log.enforce_retention()
             _equal([r.offset for r in log.read(name, 0, 0)], [3, 4], "tombstone gone")
+
+    def test_fold_latest_gives_the_latest_value_per_key(self) -> None:
+        """``fold_latest`` (what a state restore reads): last value per key, committed only."""
+        name = self.topic_name("fold")
+        with self._log(TopicSpec(name, compacted=True)) as log:
+            log.append(name, 0, records(4, keys=2))  # k0 k1 k0 k1: v0 v1 v2 v3
+            try:
+                with log.transaction() as txn:
+                    txn.append(name, 0, [LogRecord(b"k0", b"aborted", 2_000)])
+                    raise KeyError("boom")
+            except KeyError:
+                pass
+            with log.transaction() as txn:
+                txn.append(name, 0, [LogRecord(b"k1", None, 2_000), LogRecord(b"k2", b"v", 2_000)])
+            end = log.topics()[name].offsets[0].end
+            latest: dict[bytes, bytes | None] = {}
+            steps = list(fold_latest(log, name, 0, 0, end, latest))
+            _equal(latest, {b"k0": b"v2", b"k1": None, b"k2": b"v"}, "folded from the start")
+            _equal(sum(n for _, n in steps), 6, "records folded")
+            _check(steps[-1][0] <= end, f"next offset {steps[-1][0]} past the end {end}")
+            middle: dict[bytes, bytes | None] = {b"k9": b"kept"}
+            list(fold_latest(log, name, 0, 3, end, middle))
+            _equal(middle, {b"k9": b"kept", b"k1": None, b"k2": b"v"}, "folded from offset 3")
+            _equal(list(fold_latest(log, name, 0, end, end, {})), [], "a fold at the end")
 
     def _retention_is_the_servers(
         self, log: Log, topic: str, end: int, setting: str, value: object

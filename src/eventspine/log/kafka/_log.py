@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Self, final
@@ -295,6 +295,20 @@ class KafkaLog:
         """
         check_read(self._spec(topic), partition, offset, max_records)
         return self._readers.read(topic, partition, offset, max_records)
+
+    def fold_latest(
+        self, topic: str, partition: int, start: int, end: int, latest: dict[bytes, bytes | None]
+    ) -> Iterator[tuple[int, int]]:
+        """Fold the committed records from ``start`` to ``end`` into ``latest`` (key -> value).
+
+        See :func:`eventspine.log.base.fold_latest`: restores use it to read changelogs.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            LogError: as :meth:`read`.
+        """
+        check_read(self._spec(topic), partition, start, 1)
+        return self._readers.fold_latest(topic, partition, start, end, latest)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """Return ``group``'s committed next offsets for ``topic`` (stable offsets only).

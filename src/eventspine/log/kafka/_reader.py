@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from eventspine.errors import LogError
 from eventspine.log._checks import check_in_range
@@ -35,6 +36,8 @@ __all__ = ["ReaderPool"]
 
 #: How long one wait for the next fetched message lasts before the position is checked again.
 _WAIT_S = 0.05
+#: Most messages taken from librdkafka's queue at once.
+_BATCH = 10_000
 
 
 class _Reader:
@@ -127,17 +130,51 @@ class ReaderPool:
                 return []
             return self._read(reader, offset, max_records, end)
 
+    def fold_latest(
+        self, topic: str, partition: int, start: int, end: int, latest: dict[bytes, bytes | None]
+    ) -> Iterator[tuple[int, int]]:
+        """Fold the committed records from ``start`` to ``end`` into ``latest`` (key -> value).
+
+        What a restore of a compacted changelog needs, without building a
+        :class:`StoredRecord` per message (see ``fold_latest`` in ``log.base``).
+
+        Raises:
+            LogError: as :meth:`read`.
+        """
+        reader = self._reader(topic, partition)
+        with reader.lock:
+            log_start, _end = reader.bounds = self.offsets(topic, partition)
+            check_in_range(topic, partition, start, log_start, end)
+            if start == end:
+                return
+            for messages in self._messages(reader, start, 1 << 62, end):
+                for message in messages:
+                    latest[message.key()] = message.value()  # type: ignore[index]
+                yield reader.next_offset, len(messages)
+
     def _read(self, reader: _Reader, offset: int, max_records: int, end: int) -> list[StoredRecord]:
         """Read from ``offset`` until ``max_records`` or ``end`` (the reader's lock held)."""
+        out: list[StoredRecord] = []
+        for messages in self._messages(reader, offset, max_records, end):
+            out.extend(map(stored_record, messages))
+        return out
+
+    def _messages(
+        self, reader: _Reader, offset: int, max_records: int, end: int
+    ) -> Iterator[list[Message]]:
+        """Yield the messages from ``offset`` until ``max_records`` or ``end``, in batches.
+
+        The caller holds the reader's lock until the iteration ends.
+        """
         topic, partition = reader.tp.topic, reader.tp.partition
         consumer = reader.consumer
         if reader.next_offset != offset:
             consumer.assign([TopicPartition(topic, partition, offset)])
             reader.next_offset = offset
-        out: list[StoredRecord] = []
+        count = 0
         deadline = time.monotonic() + self._settings.timeout_s
-        while len(out) < max_records:
-            messages = consumer.consume(max_records - len(out), 0)
+        while count < max_records:
+            messages = consumer.consume(min(max_records - count, _BATCH), 0)
             if not messages:
                 if time.monotonic() > deadline:
                     reader.next_offset = -1
@@ -151,13 +188,15 @@ class ReaderPool:
                 if message is None:
                     continue
                 messages = [message]
+            deadline = time.monotonic() + self._settings.timeout_s
+            good: list[Message] = []
             at_end = False
             for message in messages:
                 position = message.offset() or 0
                 error = message.error()
                 if error is None:
                     if position >= reader.next_offset:  # older ones: before a re-assign
-                        out.append(stored_record(message))
+                        good.append(message)
                         reader.next_offset = position + 1
                 elif error.code() == KafkaError._PARTITION_EOF:
                     if position >= end:
@@ -167,9 +206,11 @@ class ReaderPool:
                     reader.next_offset = -1
                     reader.broken = True
                     raise _read_error(topic, partition, offset, error)
-            if at_end or (out and out[-1].offset >= end - 1):
+            if good:
+                count += len(good)
+                yield good
+            if at_end or (good and reader.next_offset >= end):
                 break
-        return out
 
     def forget(self, topic: str) -> None:
         """Close the consumers of ``topic`` (deleted: their positions mean nothing now)."""
