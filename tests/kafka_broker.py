@@ -142,12 +142,40 @@ class KafkaCluster:
         )
 
 
+def client_listener_props(port: int, advertised_port: int) -> str:
+    """Server properties adding a ``CLIENT`` listener on ``port``, advertised at ``advertised_port``.
+
+    For :func:`running_kafka`'s ``server_props`` (single node; KAFKA.md, "Client listener
+    for fault injection"): clients that bootstrap from ``127.0.0.1:advertised_port`` (a
+    fault proxy forwarding to ``port``) are told that the broker is there, so all their
+    traffic goes through the proxy, while ``PLAINTEXT`` (the cluster's ``bootstrap``)
+    keeps serving the broker itself and the test's own clients.
+    """
+    return (
+        "listeners=PLAINTEXT://127.0.0.1:@CLIENT_PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@,"
+        f"CLIENT://127.0.0.1:{port}\n"
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:@CLIENT_PORT@,CLIENT://127.0.0.1:{advertised_port}\n"
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:PLAINTEXT\n"
+        "inter.broker.listener.name=PLAINTEXT\n"
+    )
+
+
 @contextmanager
-def running_kafka(nodes: int = 1) -> Iterator[KafkaCluster]:
-    """Start a fresh local broker (``nodes`` 1 or 3) and stop it on exit."""
+def running_kafka(nodes: int = 1, *, server_props: str | None = None) -> Iterator[KafkaCluster]:
+    """Start a fresh local broker (``nodes`` 1 or 3) and stop it on exit.
+
+    ``server_props``: text appended to every node's ``server.properties`` (later keys
+    win; ``@NODE_ID@``, ``@CLIENT_PORT@``, ``@CONTROLLER_PORT@``, ``@DATA_DIR@`` are
+    substituted), passed to kafkactl as ``KAFKACTL_SERVER_PROPS``.
+    """
     run_dir = Path(tempfile.mkdtemp(prefix=f"eventspine-kafka{nodes}-"))
     cluster: KafkaCluster | None = None
     errors: list[str] = []
+    env = {**os.environ, "KAFKACTL_PYTHON": sys.executable}
+    if server_props is not None:
+        props = run_dir / "server-extra.properties"  # kafkactl up keeps it (not n*/cluster.env)
+        props.write_text(server_props)
+        env["KAFKACTL_SERVER_PROPS"] = str(props)
     for _attempt in range(3):  # retry only if another process took our ports meanwhile
         base = _free_base(nodes)
         proc = subprocess.run(
@@ -164,7 +192,7 @@ def running_kafka(nodes: int = 1) -> Iterator[KafkaCluster]:
             capture_output=True,
             text=True,
             timeout=_UP_TIMEOUT_S,
-            env={**os.environ, "KAFKACTL_PYTHON": sys.executable, "KAFKACTL_PORT_BASE": str(base)},
+            env={**env, "KAFKACTL_PORT_BASE": str(base)},
             check=False,
         )
         if proc.returncode == 0:

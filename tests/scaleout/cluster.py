@@ -141,6 +141,13 @@ class Workers:
                 p.send_signal(signal.SIGUSR1)
         time.sleep(1.0)
 
+    def logs(self) -> str:
+        """Every worker's whole stderr (``stderr`` keeps only the end of each, for messages)."""
+        return "\n".join(
+            (self.tmp / f"worker{i}.err").read_text(errors="replace")
+            for i in range(len(self.procs))
+        )
+
     def stderr(self) -> str:
         return "\n".join(
             f"--- worker {i}\n" + (self.tmp / f"worker{i}.err").read_text(errors="replace")[-6000:]
@@ -182,6 +189,36 @@ def wait_output(
         if len(rows) < count:
             time.sleep(0.5)
     return rows
+
+
+def open_transactions(bootstrap: str, topics: list[str], within_s: float) -> dict[str, Any]:
+    """Partitions whose last stable offset stays below the high watermark for ``within_s``.
+
+    RELIABILITY.md T6/T8: once the faults are over, no transaction may be left open
+    (it would hold every ``read_committed`` reader back). Returns ``{"topic[p]":
+    (LSO, HW)}`` of the partitions still behind when the time is up (empty: none).
+    """
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(timeout=10).topics
+    tps = [TopicPartition(t, p) for t in topics for p in meta[t].partitions]
+    deadline = time.monotonic() + within_s
+    while True:
+        ends = {}
+        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
+                                         isolation_level=level)  # fmt: skip
+            ends[level] = {tp: futures[tp].result(timeout=10).offset for tp in tps}
+        behind = {
+            f"{tp.topic}[{tp.partition}]": (ends[IsolationLevel.READ_COMMITTED][tp], hw)
+            for tp, hw in ends[IsolationLevel.READ_UNCOMMITTED].items()
+            if ends[IsolationLevel.READ_COMMITTED][tp] < hw
+        }
+        if not behind or time.monotonic() > deadline:
+            return behind
+        time.sleep(1.0)
 
 
 def judge(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:

@@ -19,7 +19,15 @@ from eventspine.log import Log, open_log
 from eventspine.runtime.worker import EXIT_STALLED
 from kafka_broker import KafkaCluster, running_kafka
 
-from .cluster import Workers, judge, judge_windows, make_input, read_topic, wait_output
+from .cluster import (
+    Workers,
+    judge,
+    judge_windows,
+    make_input,
+    open_transactions,
+    read_topic,
+    wait_output,
+)
 from .pipeline import expected
 
 pytestmark = pytest.mark.kafka
@@ -31,7 +39,9 @@ def broker() -> Iterator[KafkaCluster]:
         yield cluster
 
 
-def _run(log: Log, workers: Workers, recs: list[dict[str, object]], out: str) -> None:
+def _run(
+    log: Log, workers: Workers, recs: list[dict[str, object]], out: str, bootstrap: str
+) -> None:
     wait_output(log, out, len(expected(recs)), workers, timeout=240)  # type: ignore[arg-type]
     time.sleep(1.0)
     for proc in workers.procs:
@@ -39,6 +49,9 @@ def _run(log: Log, workers: Workers, recs: list[dict[str, object]], out: str) ->
             # 75: stuck in a Kafka call after the broker faults, the watchdog ended it (the
             # output is judged below either way).
             assert workers.stop(proc) in (0, 143, EXIT_STALLED), workers.stderr()
+    # The LSO reaches the high watermark within the transaction timeout + 10 s (T6).
+    hanging = open_transactions(bootstrap, [out, f"{out}.windows"], within_s=30 + 10)
+    assert not hanging, f"transactions still open (LSO, HW): {hanging}"
     judge(recs, read_topic(log, out))  # type: ignore[arg-type]
     judge_windows(recs, read_topic(log, f"{out}.windows"))  # type: ignore[arg-type]
 
@@ -76,9 +89,9 @@ def test_broker_crash_restart_and_pause_under_two_workers(
             wait_output(log, "out-t6", 2500, workers, timeout=240)
             broker.stop(1)  # clean restart
             broker.start(1)
-            _run(log, workers, recs, "out-t6")
-            text = workers.stderr()
-            assert "restarting task(s)" in text or "is stuck" in text
+            _run(log, workers, recs, "out-t6", broker.bootstrap)
+            text = workers.logs()  # the whole logs: their ends are librdkafka's reconnects
+            assert "restarting task(s)" in text or "is stuck" in text, workers.stderr()
         finally:
             workers.close()
     finally:
@@ -101,7 +114,7 @@ def test_leader_kill_on_three_nodes_loses_no_acked_record(tmp_path: Path) -> Non
                 cluster.kill(1)  # leads some partitions (and maybe the group or txn coordinator)
                 wait_output(log, "out-rf3", 1500, workers, timeout=120)
                 cluster.start(1)
-                _run(log, workers, recs, "out-rf3")
+                _run(log, workers, recs, "out-rf3", cluster.bootstrap)
             finally:
                 workers.close()
         finally:

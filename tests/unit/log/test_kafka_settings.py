@@ -31,3 +31,17 @@ def test_max_poll_interval_is_at_least_the_session() -> None:
         settings_from_url("kafka://h:9092?max_poll_interval_ms=5000")
     with pytest.raises(ConfigError, match="fetch_buffer_kb must be an int >= 1"):
         settings_from_url("kafka://h:9092?fetch_buffer_kb=0")
+
+
+def test_no_rebootstrap_unless_the_user_asks() -> None:
+    # A re-bootstrap during a network cut leaves transactional producers hanging after the
+    # heal (T8, tests/scaleout/test_kafka_network.py): every client is configured without.
+    settings = settings_from_url("kafka://h:9092")
+    for config in (
+        settings.consumer("g"),
+        settings.producer(),
+        settings.transactional_producer("t"),
+    ):
+        assert config["metadata.recovery.strategy"] == "none"
+    url = "kafka://h:9092?kafka.metadata.recovery.strategy=rebootstrap"
+    assert settings_from_url(url).producer()["metadata.recovery.strategy"] == "rebootstrap"

@@ -104,6 +104,14 @@ class KafkaSettings:
             "client.id": "eventspine",
             "socket.timeout.ms": self.request_timeout_ms,
             "logger": LOGGER,
+            # No re-bootstrap when every known broker is unreachable (librdkafka's default
+            # since 2.10 starts one ~0.5 s into a network cut). After it, the transaction
+            # coordinator is "decommissioned" and send_offsets_to_transaction hangs past its
+            # timeout once the network heals (librdkafka #5511, #5456): T8 in
+            # tests/scaleout/test_kafka_network.py. Without it the clients simply reconnect
+            # to the brokers they know; set kafka.metadata.recovery.strategy=rebootstrap if
+            # every broker's address can change while a worker runs.
+            "metadata.recovery.strategy": "none",
             **self.client_config,
         }
 
