@@ -82,6 +82,7 @@ def restore(url: str, env: dict[str, str], runs: int, profile: bool) -> dict[str
     log = open_log(url)
     try:
         times: list[float] = []
+        keys = None
         prof = cProfile.Profile() if profile else None
         for i in range(runs + (1 if profile else 0)):
             task = Executor(

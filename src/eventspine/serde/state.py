@@ -77,7 +77,7 @@ def decode_state(data: bytes, *, step: str) -> Any:
 
 
 def decode_state_items(items: Iterable[tuple[bytes, bytes]], *, step: str) -> list[tuple[Any, Any]]:
-    """Return ``[(decode_state(k), decode_state(v)), ...]``, decoded in one pass in C.
+    """Return ``[(decode_state(k), decode_state(v)), ...]``, without a call per value.
 
     A restore decodes every live state entry (hundreds of thousands per task);
     this skips :func:`decode_state`'s per-call overhead and reports a bad entry

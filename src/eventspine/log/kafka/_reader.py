@@ -137,6 +137,8 @@ class ReaderPool:
 
         What a restore of a compacted changelog needs, without building a
         :class:`StoredRecord` per message (see ``fold_latest`` in ``log.base``).
+        The partition's reader stays locked until the iteration ends: do not read
+        the same partition from inside the loop.
 
         Raises:
             LogError: as :meth:`read`.
@@ -149,6 +151,7 @@ class ReaderPool:
                 return
             for messages in self._messages(reader, start, 1 << 62, end):
                 for message in messages:
+                    # Unkeyed messages never reach a changelog; bytes without deserializers.
                     latest[message.key()] = message.value()  # type: ignore[index]
                 yield reader.next_offset, len(messages)
 
