@@ -43,5 +43,6 @@ def test_no_rebootstrap_unless_the_user_asks() -> None:
         settings.transactional_producer("t"),
     ):
         assert config["metadata.recovery.strategy"] == "none"
+        assert config["reconnect.backoff.max.ms"] == 1000  # back within 1 s of a heal
     url = "kafka://h:9092?kafka.metadata.recovery.strategy=rebootstrap"
     assert settings_from_url(url).producer()["metadata.recovery.strategy"] == "rebootstrap"

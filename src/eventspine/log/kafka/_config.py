@@ -112,6 +112,9 @@ class KafkaSettings:
             # to the brokers they know; set kafka.metadata.recovery.strategy=rebootstrap if
             # every broker's address can change while a worker runs.
             "metadata.recovery.strategy": "none",
+            # Reconnect within 1 s once a broker is back (Kafka's Java clients' default;
+            # librdkafka backs off up to 10 s, which a healed network cut waited out).
+            "reconnect.backoff.max.ms": 1000,
             **self.client_config,
         }
 
