@@ -15,9 +15,9 @@ from datetime import timedelta
 
 import pytest
 from confluent_kafka import Consumer, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
-from eventspine.errors import LogError
+from eventspine.errors import LogError, TransactionAbortedError
 from eventspine.log import LogRecord, TopicSpec
 from eventspine.log.kafka import KafkaLog
 
@@ -162,3 +162,38 @@ def test_read_right_after_commit_reaches_the_new_end(log: KafkaLog, topic: str) 
         assert [r.value for r in log.read(topic, 0, 0, 1000)] == expected
         assert log.read(topic, 0, end) == []
         assert log.committed("app", topic) == {0: len(expected)}
+
+
+def test_a_refused_record_before_the_last_aborts_the_whole_transaction(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """A transaction asks for the delivery report of each call's last record only.
+
+    So a record refused by the broker in the middle of an append must still fail the
+    commit: the broker's ``max.message.bytes`` of 2,000 refuses the batch holding a
+    3,000-byte value (``batch.size=1500`` gives it a batch of its own). The idempotent
+    producer then fails the partition's later records too (seen here: the high
+    watermark stays at the 5 records before it plus the abort marker), so the last
+    record's report carries the failure; and a failed record puts the transaction in
+    librdkafka's abortable state anyway.
+    """
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    cfg = {"max.message.bytes": "2000"}
+    admin.create_topics([NewTopic(topic, 1, 1, config=cfg)])[topic].result(30)
+    log = KafkaLog(
+        kafka_bootstrap,
+        transaction_timeout=timedelta(seconds=15),
+        request_timeout=timedelta(seconds=10),
+        client_config={"batch.size": "1500", "linger.ms": "0"},
+    )
+    try:
+        small = [LogRecord(b"k", b"s" * 100, 1_000 + i) for i in range(30)]
+        big = LogRecord(b"k", b"b" * 3000, 999)
+        with pytest.raises(TransactionAbortedError), log.transaction() as txn:
+            txn.append(topic, 0, [*small[:5], big, *small[5:]])
+        assert log.read(topic, 0, 0, 1000) == []  # none of it is visible
+        with log.transaction() as txn:  # and the next transaction works
+            txn.append(topic, 0, small[:3])
+        assert [r.value for r in log.read(topic, 0, 0, 1000)] == [b"s" * 100] * 3
+    finally:
+        log.close()

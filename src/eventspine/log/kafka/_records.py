@@ -78,16 +78,24 @@ def produce_records(
     records: Sequence[LogRecord],
     deliveries: Deliveries,
     timeout: float,
+    *,
+    report_each: bool = True,
 ) -> None:
     """Hand ``records`` (already validated) to ``producer`` for ``topic[partition]``.
 
     Waits (serving delivery reports) while the producer's queue is full.
+    ``report_each=False`` asks for the delivery report of the last record only
+    (about 1 us of Python saved per record): for a transaction, whose commit fails
+    if any of its records failed (librdkafka puts it in the abortable state), and
+    which needs only the last offset per partition (``Deliveries.last``).
 
     Raises:
         LogError: the producer refused a message (for example it is fenced or closed).
     """
     produce = producer.produce
+    last = records[-1] if records else None
     for record in records:
+        report = deliveries if report_each or record is last else None
         ts = record.ts_ms
         headers = record.headers
         if ts == 0:
@@ -100,7 +108,7 @@ def produce_records(
                     record.value,
                     record.key,
                     partition,
-                    on_delivery=deliveries,
+                    on_delivery=report,
                     timestamp=ts,
                     headers=list(headers) if headers else None,
                 )

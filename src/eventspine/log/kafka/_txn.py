@@ -207,7 +207,15 @@ class KafkaTransaction:
             validate_records(spec, partition, records)
             timeout = self._owner.settings.timeout_s
             try:
-                produce_records(producer, topic, partition, records, self._deliveries, timeout)
+                produce_records(
+                    producer,
+                    topic,
+                    partition,
+                    records,
+                    self._deliveries,
+                    timeout,
+                    report_each=False,
+                )
             except LogError as exc:
                 if isinstance(exc.__cause__, KafkaException) and _is_fenced(exc.__cause__):
                     raise self._owner.fence(exc.__cause__) from exc.__cause__
