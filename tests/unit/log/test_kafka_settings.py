@@ -23,6 +23,13 @@ def test_user_librdkafka_settings_win_over_the_buffer_options() -> None:
     assert settings.producer()["queue.buffering.max.kbytes"] == "200"
 
 
+def test_readers_fetch_again_soon_after_their_queue_drains() -> None:
+    # librdkafka's default (1 s) capped a reader at ~145k records/s: see _config.py.
+    assert settings_from_url("kafka://h:9092").consumer("g")["fetch.queue.backoff.ms"] == 20
+    tuned = settings_from_url("kafka://h:9092?kafka.fetch.queue.backoff.ms=1000")
+    assert tuned.consumer("g")["fetch.queue.backoff.ms"] == "1000"
+
+
 def test_max_poll_interval_is_at_least_the_session() -> None:
     assert (
         settings_from_url("kafka://h:9092?max_poll_interval_ms=6000").max_poll_interval_ms == 6000
