@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 import eventspine as es
 from eventspine.errors import DecodeError, SinkError
-from eventspine.serde.codecs import BytesCodec, Codec, JsonCodec, MsgpackCodec, StringCodec
+from eventspine.serde.codecs import (
+    BytesCodec,
+    Codec,
+    JsonCodec,
+    MsgpackCodec,
+    StringCodec,
+    decode_all,
+    encode_all,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,3 +177,31 @@ def test_dict_codec_refuses_non_objects() -> None:
 def test_encode_failures_are_sink_errors(codec: Codec, value: Any) -> None:
     with pytest.raises(SinkError, match="cannot encode"):
         codec.encode(value)
+
+
+def _one_by_one(call: Any, values: list[Any], error: type[Exception]) -> list[Any] | None:
+    try:
+        return [call(v) for v in values]
+    except error:
+        return None
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+@FUZZ
+@given(
+    values=st.lists(
+        st.binary(max_size=64) | records.map(_near_json) | records.map(MsgpackCodec().encode),
+        max_size=8,
+    )
+)
+def test_decode_all_is_decode_one_by_one_or_none(codec: Codec, values: list[bytes]) -> None:
+    # The batch path of topic sources: all decoded alike, or None when one value is bad
+    # (the source then decodes one by one to name it).
+    assert decode_all(codec, values) == _one_by_one(codec.decode, values, DecodeError)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+@FUZZ
+@given(values=st.lists(records | st.text() | st.binary() | st.just(object()), max_size=6))
+def test_encode_all_is_encode_one_by_one_or_none(codec: Codec, values: list[Any]) -> None:
+    assert encode_all(codec, values) == _one_by_one(codec.encode, values, SinkError)

@@ -60,16 +60,24 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, final, overload
+from itertools import repeat
+from typing import Any, cast, final, overload
 
 import msgspec
 
 from eventspine.dataflow.ports import Chunk, OpenContext
 from eventspine.errors import ConfigError, DecodeError, DefinitionError, LogError, SinkError
-from eventspine.log.base import Log, LogRecord, StoredRecord, TopicSpec, append_in_transaction
+from eventspine.log.base import (
+    Log,
+    LogRecord,
+    RecordColumns,
+    TopicSpec,
+    append_in_transaction,
+    read_columns,
+)
 from eventspine.log.partitioner import key_bytes, partition_for
 from eventspine.records import Batch, is_event_type
-from eventspine.serde.codecs import Codec, JsonCodec
+from eventspine.serde.codecs import Codec, JsonCodec, decode_all, encode_all
 
 __all__ = ["Topic", "key_bytes", "partition_for", "topic"]
 
@@ -249,6 +257,8 @@ class TopicConnection(Sequence["TopicReader"]):
         """Encode and buffer the batch's records (nothing is appended here)."""
         rows, ts, offsets = batch.rows, batch.ts, batch.offsets
         codec, keyfn, n = self._topic.codec, self._key, self._partitions
+        if keyfn is not None and self._write_keyed(rows, ts, codec, keyfn, n):
+            return
         compacted = self._topic.spec.compacted
         for i, row in enumerate(rows):
             value = codec.encode(row)
@@ -265,6 +275,29 @@ class TopicConnection(Sequence["TopicReader"]):
             else:
                 part = zlib.crc32(value) % n
             self._pending.setdefault(part, []).append(LogRecord(kb, value, ts[i]))
+
+    def _write_keyed(
+        self, rows: list[Any], ts: list[int], codec: Codec, keyfn: Callable[[Any], Any], n: int
+    ) -> bool:
+        """Buffer a keyed batch with C-level passes; ``False`` if a record needs the slow path.
+
+        The slow path (:meth:`write`'s loop) raises the error that names the record:
+        a value the codec cannot encode, or a key that is ``None``.
+        """
+        values = encode_all(codec, rows)
+        if values is None:
+            return False
+        keys = cast("list[bytes]", list(map(key_bytes, map(keyfn, rows))))
+        if None in keys:
+            return False
+        records = map(LogRecord, keys, values, ts)
+        pending = self._pending
+        if n == 1:
+            pending.setdefault(0, []).extend(records)
+        else:
+            for part, record in zip(map(partition_for, keys, repeat(n)), records, strict=True):
+                pending.setdefault(part, []).append(record)
+        return True
 
     def drain_log_records(self) -> list[tuple[str, int, list[LogRecord]]]:
         """Return and forget the buffered records as ``(topic, partition, records)``.
@@ -321,9 +354,9 @@ class TopicReader:
         """Return the next committed records (an empty chunk when caught up); never ``None``."""
         if self._pos is None:
             self._pos = self._bounds()[0]
-        pos = self._pos
+        pos, limit = self._pos, max(1, max_records)
         try:
-            stored = self._log.read(self.topic, self.partition_id, pos, max(1, max_records))
+            columns = read_columns(self._log, self.topic, self.partition_id, pos, limit)
         except LogError:
             start, _ = self._bounds()
             if pos >= start:
@@ -337,11 +370,11 @@ class TopicReader:
                 start,
             )
             self._pos = pos = start
-            stored = self._log.read(self.topic, self.partition_id, pos, max(1, max_records))
-        if not stored:
+            columns = read_columns(self._log, self.topic, self.partition_id, pos, limit)
+        if not columns:
             return Chunk([], pos, pos)
-        records, offsets, errors = self._decode(stored)
-        self._pos = stored[-1].offset + 1
+        records, offsets, errors = self._decode(columns)
+        self._pos = columns.offsets[-1] + 1
         if not offsets:
             return Chunk([], pos, self._pos, errors=errors)
         consecutive = offsets[-1] - offsets[0] + 1 == len(offsets)
@@ -357,31 +390,39 @@ class TopicReader:
         po = info.offsets[self.partition_id]
         return po.log_start, po.end
 
-    def _decode(self, stored: list[StoredRecord]) -> tuple[list[Any], list[int], list[DecodeError]]:
+    def _decode(self, columns: RecordColumns) -> tuple[list[Any], list[int], list[DecodeError]]:
+        values, field = columns.values, self._ts_field
+        if None not in values:  # no tombstones: decode the lot at once (errors: one by one)
+            decoded = decode_all(self._codec, values)  # type: ignore[arg-type]  # no None
+            if decoded is not None:
+                if field is not None:
+                    stamp, stamps = self._stamp, columns.ts_ms
+                    decoded = [stamp(v, field, ts) for v, ts in zip(decoded, stamps, strict=True)]
+                return decoded, columns.offsets, []
         records: list[Any] = []
         offsets: list[int] = []
         errors: list[DecodeError] = []
-        decode, field = self._codec.decode, self._ts_field
-        for rec in stored:
-            if rec.value is None:
+        decode = self._codec.decode
+        for raw, offset, ts_ms in zip(values, columns.offsets, columns.ts_ms, strict=True):
+            if raw is None:
                 continue
             try:
-                value = decode(rec.value)
+                value = decode(raw)
             except DecodeError as exc:
                 detail = str(exc).removeprefix(_DECODE_PREFIX)
                 errors.append(
                     DecodeError(
                         detail,
                         source=f"topic {self.topic!r}",
-                        position=f"{self.partition}@{rec.offset}",
-                        raw=rec.value,
+                        position=f"{self.partition}@{offset}",
+                        raw=raw,
                     )
                 )
                 continue
             if field is not None:
-                value = self._stamp(value, field, rec.ts_ms)
+                value = self._stamp(value, field, ts_ms)
             records.append(value)
-            offsets.append(rec.offset)
+            offsets.append(offset)
         return records, offsets, errors
 
     def _stamp(self, value: Any, field: str, ts_ms: int) -> Any:

@@ -52,6 +52,8 @@ _PATH = re.compile(r"\$\[(\d+)\](?:\[(\d+)\])?")
 _TS = itemgetter(2)
 _KEY = itemgetter(0)
 _INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+_RECORD: tuple[type, ...] = (LogRecord,)  # (a tuple: mypy trusts the annotation)
 
 
 class EncodedBatch(NamedTuple):
@@ -109,6 +111,37 @@ def encode_records(
         chunk = rows[start : start + MAX_BATCH_RECORDS]
         _encode_rows(where, chunk, start, keyed, decode, batches)
     return batches
+
+
+def check_records(where: str, records: Sequence[LogRecord], *, keyed: bool) -> None:
+    """Validate ``records`` as :func:`encode_records` does, without encoding them.
+
+    For backends that store records in their own format (Kafka). Records of
+    plain types without headers pass one cheap check; any other record takes
+    the full check, with the same error messages.
+
+    Raises:
+        LogError: a record is invalid; the message names its index and field.
+    """
+    if records and _plain_records(records, keyed):
+        return
+    encode_records(where, records, 0, keyed=keyed, decode=False)
+
+
+def _plain_records(records: Sequence[LogRecord], keyed: bool) -> bool:
+    for r in records:
+        if not isinstance(r, _RECORD):
+            return False
+        key, value, ts = r.key, r.value, r.ts_ms
+        if (
+            (type(key) is not bytes and (key is not None or keyed))
+            or (value is not None and type(value) is not bytes)
+            or type(ts) is not int
+            or not _INT64_MIN <= ts <= _INT64_MAX
+            or r.headers
+        ):
+            return False
+    return True
 
 
 def _encode_rows(

@@ -255,7 +255,9 @@ class SourceRunner:
         fn = self._ts_fn
         assert fn is not None
         try:
-            ts = [_as_ms(fn(r)) for r in records]
+            ts = list(map(fn, records))
+            if not _all_ints(ts):  # else they already are epoch milliseconds
+                ts = list(map(_as_ms, ts))
             return Batch(records, ts, offsets=offs, partition=partition, record_type=rtype)
         except Exception:  # noqa: S110  # the per-record pass below finds and reports the culprit
             pass
@@ -281,6 +283,14 @@ class SourceRunner:
         if self._ts_field is not None:
             return f"field '{self._ts_field}' must hold epoch milliseconds (int) or a datetime"
         return "the timestamp function must return epoch milliseconds (int) or a datetime"
+
+
+def _all_ints(values: list[Any]) -> bool:
+    """Return whether every value is exactly an ``int`` (one C-level pass; not ``bool``)."""
+    return set(map(type, values)) <= _INT_ONLY
+
+
+_INT_ONLY = frozenset({int})
 
 
 def _as_ms(value: Any) -> int:

@@ -27,13 +27,22 @@ lists; integers must fit in 64 bits; JSON has no infinity or NaN, so
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol, final
 
 import msgspec
 
 from eventspine.errors import DecodeError, SinkError
 
-__all__ = ["BytesCodec", "Codec", "JsonCodec", "MsgpackCodec", "StringCodec"]
+__all__ = [
+    "BytesCodec",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "StringCodec",
+    "decode_all",
+    "encode_all",
+]
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
@@ -85,6 +94,20 @@ class _MsgspecCodec:
         except Exception as exc:  # a trust boundary: any failure on outside bytes is a DecodeError
             raise self._decode_error(exc) from exc
 
+    def decode_many(self, values: Sequence[bytes]) -> list[Any] | None:
+        """Return every value decoded, or ``None`` if any fails (see :func:`decode_all`)."""
+        try:
+            return list(map(self._dec.decode, values))
+        except Exception:  # one bad value: the caller decodes one by one to report it
+            return None
+
+    def encode_many(self, values: Sequence[Any]) -> list[bytes] | None:
+        """Return every value encoded, or ``None`` if any fails (see :func:`encode_all`)."""
+        try:
+            return list(map(self._enc.encode, values))
+        except Exception:  # the caller encodes one by one to report it
+            return None
+
     def _decode_error(self, exc: BaseException) -> DecodeError:
         return DecodeError(self._describe(exc))
 
@@ -107,6 +130,37 @@ class _MsgspecCodec:
             f"dicts, es.Event instances or plain values (str, int, float, bool, None, lists, "
             f"dicts with str keys)"
         )
+
+
+def decode_all(codec: Codec, values: Sequence[bytes]) -> list[Any] | None:
+    """Return ``[codec.decode(v) for v in values]``, or ``None`` if a value cannot be decoded.
+
+    The batch path of sources: the JSON and MessagePack codecs decode the lot
+    in one C-level pass (``decode_many``). On ``None`` the caller decodes one by
+    one, which raises the ``DecodeError`` that names the bad value.
+    """
+    decoded: list[Any] | None = _all(codec, "decode", values, DecodeError)
+    return decoded
+
+
+def encode_all(codec: Codec, values: Sequence[Any]) -> list[bytes] | None:
+    """Return ``[codec.encode(v) for v in values]``, or ``None`` if a value cannot be encoded.
+
+    The batch path of sinks, like :func:`decode_all`: on ``None`` the caller
+    encodes one by one, which raises the ``SinkError`` that names the value.
+    """
+    encoded: list[bytes] | None = _all(codec, "encode", values, SinkError)
+    return encoded
+
+
+def _all(codec: Codec, verb: str, values: Sequence[Any], error: type[Exception]) -> Any:
+    many = getattr(codec, f"{verb}_many", None)
+    if many is not None:
+        return many(values)
+    try:
+        return list(map(getattr(codec, verb), values))
+    except error:
+        return None
 
 
 def _field_message(text: str) -> str:

@@ -51,6 +51,7 @@ from eventspine.log.base import (
     StoredRecord,
     TopicSpec,
     fold_latest,
+    read_columns,
 )
 
 __all__ = ["LogConformance"]
@@ -233,6 +234,12 @@ class LogConformance:
                 log.append(name, 0, bad)
             with _raises(LogError, "ts_ms"):
                 log.append(name, 0, [LogRecord(b"k", b"v", 1 << 63)])
+            with _raises(LogError, "ts_ms"):
+                log.append(name, 0, [LogRecord(b"k", b"v", -(1 << 63) - 1)])
+            with _raises(LogError, "record 1 .*value"):
+                log.append(name, 0, [*records(1), LogRecord(b"k", "text", 1)])  # type: ignore[arg-type]
+            with _raises(LogError, "record 1 .*not an eventspine.log.LogRecord"):
+                log.append(name, 0, [*records(1), (b"k", b"v", 1)])  # type: ignore[list-item]
             _equal(log.topics()[name].offsets[0].end, 0, "end after refused appends")
 
     # -- transactions -------------------------------------------------------------
@@ -439,6 +446,39 @@ class LogConformance:
             list(fold_latest(log, name, 0, 3, end, middle))
             _equal(middle, {b"k9": b"kept", b"k1": None, b"k2": b"v"}, "folded from offset 3")
             _equal(list(fold_latest(log, name, 0, end, end, {})), [], "a fold at the end")
+
+    def test_read_columns_match_read(self) -> None:
+        """``read_columns`` (what topic sources read) holds what ``read`` returns, as columns."""
+        name = self.topic_name("columns")
+        with self._log(TopicSpec(name)) as log:
+            log.append(
+                name,
+                0,
+                [
+                    LogRecord(b"k", b"a", 0),  # ts 0 (Kafka keeps it in a header)
+                    LogRecord(None, None, -5),  # a tombstone, a negative ts
+                    LogRecord(b"k", b"c", 7, (("h", b"x"),)),
+                ],
+            )
+            try:
+                with log.transaction() as txn:
+                    txn.append(name, 0, [LogRecord(None, b"aborted", 8)])
+                    raise KeyError("boom")
+            except KeyError:
+                pass
+            log.append(name, 0, [LogRecord(None, b"e", 9)])
+            end = log.topics()[name].offsets[0].end
+            for start, limit in ((0, 100), (0, 2), (2, 100)):
+                got = read_columns(log, name, 0, start, limit)
+                want = log.read(name, 0, start, limit)
+                what = f"read_columns from {start}, at most {limit}"
+                _equal(len(got), len(want), f"{what}: len()")
+                _equal(got.offsets, _offsets(want), f"{what}: offsets")
+                _equal(got.values, _values(want), f"{what}: values")
+                _equal(got.ts_ms, [r.ts_ms for r in want], f"{what}: ts_ms")
+            _equal(len(read_columns(log, name, 0, end, 10)), 0, "read_columns at the end")
+            with _raises(LogError, r"offset"):
+                read_columns(log, name, 0, end + 1, 10)
 
     def _retention_is_the_servers(
         self, log: Log, topic: str, end: int, setting: str, value: object

@@ -24,6 +24,7 @@ from eventspine.log.base import (
     LogRecord,
     LogTransaction,
     PartitionOffsets,
+    RecordColumns,
     StoredRecord,
     TopicInfo,
     TopicSpec,
@@ -295,6 +296,18 @@ class KafkaLog:
         """
         check_read(self._spec(topic), partition, offset, max_records)
         return self._readers.read(topic, partition, offset, max_records)
+
+    def read_columns(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> RecordColumns:
+        """Like :meth:`read`, as columns (see :func:`eventspine.log.base.read_columns`).
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            LogError: as :meth:`read`.
+        """
+        check_read(self._spec(topic), partition, offset, max_records)
+        return self._readers.read_columns(topic, partition, offset, max_records)
 
     def fold_latest(
         self, topic: str, partition: int, start: int, end: int, latest: dict[bytes, bytes | None]

@@ -22,15 +22,17 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import itemgetter, lt
+from typing import TypeVar, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from eventspine.errors import LogError
 from eventspine.log._checks import check_in_range
-from eventspine.log.base import StoredRecord
+from eventspine.log.base import RecordColumns, StoredRecord
 from eventspine.log.kafka._config import KafkaSettings, make_client
-from eventspine.log.kafka._records import stored_record
+from eventspine.log.kafka._records import stored_record, stored_ts
 
 __all__ = ["ReaderPool"]
 
@@ -116,19 +118,39 @@ class ReaderPool:
             LogError: ``offset`` is below the log start or above the end, or the broker
                 failed or did not deliver within the request timeout.
         """
+        return self._read(topic, partition, offset, max_records, _records)
+
+    def read_columns(
+        self, topic: str, partition: int, offset: int, max_records: int
+    ) -> RecordColumns:
+        """Like :meth:`read`, as columns (see ``read_columns`` in ``log.base``).
+
+        Raises:
+            LogError: as :meth:`read`.
+        """
+        return self._read(topic, partition, offset, max_records, _columns)
+
+    def _read(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_records: int,
+        collect: Callable[[Iterator[_Batch]], _Out],
+    ) -> _Out:
         reader = self._reader(topic, partition)
         with reader.lock:
             if reader.next_offset == offset and offset < reader.bounds[1]:
                 # Catching up (the common case under load): no offsets round trip per read.
-                out = self._read(reader, offset, max_records, reader.bounds[1])
-                if out:
+                out = collect(self._messages(reader, offset, max_records, reader.bounds[1]))
+                if len(out):
                     return out
             reader.bounds = self.offsets(topic, partition)
             log_start, end = reader.bounds
             check_in_range(topic, partition, offset, log_start, end)
             if offset == end:
-                return []
-            return self._read(reader, offset, max_records, end)
+                return collect(iter(()))
+            return collect(self._messages(reader, offset, max_records, end))
 
     def fold_latest(
         self, topic: str, partition: int, start: int, end: int, latest: dict[bytes, bytes | None]
@@ -149,25 +171,19 @@ class ReaderPool:
             check_in_range(topic, partition, start, log_start, end)
             if start == end:
                 return
-            for messages in self._messages(reader, start, 1 << 62, end):
+            for messages, _offsets in self._messages(reader, start, 1 << 62, end):
                 for message in messages:
                     # Unkeyed messages never reach a changelog; bytes without deserializers.
                     latest[message.key()] = message.value()  # type: ignore[index]
                 yield reader.next_offset, len(messages)
 
-    def _read(self, reader: _Reader, offset: int, max_records: int, end: int) -> list[StoredRecord]:
-        """Read from ``offset`` until ``max_records`` or ``end`` (the reader's lock held)."""
-        out: list[StoredRecord] = []
-        for messages in self._messages(reader, offset, max_records, end):
-            out.extend(map(stored_record, messages))
-        return out
-
     def _messages(
         self, reader: _Reader, offset: int, max_records: int, end: int
-    ) -> Iterator[list[Message]]:
+    ) -> Iterator[_Batch]:
         """Yield the messages from ``offset`` until ``max_records`` or ``end``, in batches.
 
-        The caller holds the reader's lock until the iteration ends.
+        Each batch comes with its messages' offsets. The caller holds the reader's
+        lock until the iteration ends.
         """
         topic, partition = reader.tp.topic, reader.tp.partition
         consumer = reader.consumer
@@ -192,26 +208,10 @@ class ReaderPool:
                     continue
                 messages = [message]
             deadline = time.monotonic() + self._settings.timeout_s
-            good: list[Message] = []
-            at_end = False
-            for message in messages:
-                position = message.offset() or 0
-                error = message.error()
-                if error is None:
-                    if position >= reader.next_offset:  # older ones: before a re-assign
-                        good.append(message)
-                        reader.next_offset = position + 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    if position >= end:
-                        at_end = True
-                        reader.next_offset = max(reader.next_offset, position)
-                else:
-                    reader.next_offset = -1
-                    reader.broken = True
-                    raise _read_error(topic, partition, offset, error)
+            good, offsets, at_end = _sift(reader, messages, offset, end)
             if good:
                 count += len(good)
-                yield good
+                yield good, offsets
             if at_end or (good and reader.next_offset >= end):
                 break
 
@@ -244,3 +244,77 @@ def _read_error(topic: str, partition: int, offset: int, error: KafkaError) -> L
             f"deleted it while it was being read ({error.str()}); read from the log start"
         )
     return LogError(f"reading {topic}[{partition}] from offset {offset} failed: {error.str()}")
+
+
+_Batch = tuple[list[Message], list[int]]
+_Out = TypeVar("_Out", list[StoredRecord], RecordColumns)
+_ERROR = Message.error
+_OFFSET = Message.offset
+_VALUE = Message.value
+_TIMESTAMP = Message.timestamp
+_HEADERS = Message.headers
+_SECOND = itemgetter(1)
+
+
+def _sift(
+    reader: _Reader, messages: list[Message], start: int, end: int
+) -> tuple[list[Message], list[int], bool]:
+    """Return the records among ``messages``, their offsets, and whether the end was reached.
+
+    Advances ``reader.next_offset`` past the records. The common batch (records
+    only, in increasing offsets from the next one) is checked by C-level passes;
+    anything else message by message: end-of-partition events, errors (raised),
+    and records below the next offset (fetched before a re-assign: dropped).
+
+    Raises:
+        LogError: a message carries an error other than end-of-partition.
+    """
+    if not any(map(_ERROR, messages)):
+        offsets = cast("list[int]", list(map(_OFFSET, messages)))  # records have offsets
+        if offsets[0] >= reader.next_offset and all(map(lt, offsets, offsets[1:])):
+            reader.next_offset = offsets[-1] + 1
+            return messages, offsets, False
+    topic, partition = reader.tp.topic, reader.tp.partition
+    good: list[Message] = []
+    positions: list[int] = []
+    at_end = False
+    for message in messages:
+        position = message.offset() or 0
+        error = message.error()
+        if error is None:
+            if position >= reader.next_offset:  # older ones: before a re-assign
+                good.append(message)
+                positions.append(position)
+                reader.next_offset = position + 1
+        elif error.code() == KafkaError._PARTITION_EOF:
+            if position >= end:
+                at_end = True
+                reader.next_offset = max(reader.next_offset, position)
+        else:
+            reader.next_offset = -1
+            reader.broken = True
+            raise _read_error(topic, partition, start, error)
+    return good, positions, at_end
+
+
+def _records(batches: Iterator[_Batch]) -> list[StoredRecord]:
+    out: list[StoredRecord] = []
+    for messages, _offsets in batches:
+        out.extend(map(stored_record, messages))
+    return out
+
+
+def _columns(batches: Iterator[_Batch]) -> RecordColumns:
+    """Collect offsets, values and timestamps with C-level passes (no object per record)."""
+    out = RecordColumns([], [], [])
+    for messages, offsets in batches:
+        first = len(out.ts_ms)
+        out.offsets.extend(offsets)
+        out.values.extend(map(_VALUE, messages))
+        out.ts_ms.extend(map(_SECOND, map(_TIMESTAMP, messages)))
+        if any(map(_HEADERS, messages)):
+            for i, message in enumerate(messages, first):
+                ts = stored_ts(message)
+                if ts is not None:
+                    out.ts_ms[i] = ts
+    return out

@@ -8,11 +8,11 @@ from typing import cast
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventspine.errors import LogError
-from eventspine.log._codec import encode_records
+from eventspine.log._codec import check_records
 from eventspine.log.base import LogRecord, StoredRecord, TopicSpec
 from eventspine.log.kafka._config import TS_HEADER
 
-__all__ = ["Deliveries", "produce_records", "stored_record", "validate_records"]
+__all__ = ["Deliveries", "produce_records", "stored_record", "stored_ts", "validate_records"]
 
 _ZERO = b"0"
 
@@ -25,7 +25,7 @@ def validate_records(spec: TopicSpec, partition: int, records: Sequence[LogRecor
             the reserved header name :data:`TS_HEADER`.
     """
     where = f"{spec.name}[{partition}]"
-    encode_records(where, records, 0, keyed=spec.compacted, decode=False)
+    check_records(where, records, keyed=spec.compacted)
     for index, record in enumerate(records):
         if record.headers and any(name == TS_HEADER for name, _ in record.headers):
             raise LogError(
@@ -140,3 +140,11 @@ def stored_record(message: Message) -> StoredRecord:
         stored_headers,
         offset=message.offset() or 0,
     )
+
+
+def stored_ts(message: Message) -> int | None:
+    """Return the ``ts_ms`` a message's reserved header holds (see ``produce_records``), if any."""
+    headers = cast("list[tuple[str, bytes | None]] | None", message.headers())
+    if headers and headers[-1][0] == TS_HEADER:
+        return int(headers[-1][1] or _ZERO)
+    return None
