@@ -281,13 +281,15 @@ class TopicConnection(Sequence["TopicReader"]):
     ) -> bool:
         """Buffer a keyed batch with C-level passes; ``False`` if a record needs the slow path.
 
-        The slow path (:meth:`write`'s loop) raises the error that names the record:
-        a value the codec cannot encode, or a key that is ``None``.
+        The slow path (:meth:`write`'s loop) handles a key that is ``None`` and raises
+        the error that names a value the codec cannot encode. A key function that
+        raises leaves none of the batch buffered (the slow path kept the records
+        before it; either way the step fails).
         """
         values = encode_all(codec, rows)
         if values is None:
             return False
-        keys = cast("list[bytes]", list(map(key_bytes, map(keyfn, rows))))
+        keys: list[bytes | None] = list(map(key_bytes, map(keyfn, rows)))
         if None in keys:
             return False
         records = map(LogRecord, keys, values, ts)
@@ -295,7 +297,8 @@ class TopicConnection(Sequence["TopicReader"]):
         if n == 1:
             pending.setdefault(0, []).extend(records)
         else:
-            for part, record in zip(map(partition_for, keys, repeat(n)), records, strict=True):
+            parts = map(partition_for, cast("list[bytes]", keys), repeat(n))  # no None left
+            for part, record in zip(parts, records, strict=True):
                 pending.setdefault(part, []).append(record)
         return True
 

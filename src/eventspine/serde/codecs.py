@@ -53,6 +53,11 @@ class Codec(Protocol):
 
     ``decode`` must raise only :class:`~eventspine.errors.DecodeError`;
     ``encode`` only :class:`~eventspine.errors.SinkError`.
+
+    A codec may also have ``decode_many(values) -> list | None`` and
+    ``encode_many(values) -> list | None``: the whole batch, or ``None`` (or the
+    same errors) when a value fails, which the caller then finds one by one.
+    Sources and sinks use them when present (see :func:`decode_all`).
     """
 
     def encode(self, value: Any) -> bytes:
@@ -155,10 +160,8 @@ def encode_all(codec: Codec, values: Sequence[Any]) -> list[bytes] | None:
 
 def _all(codec: Codec, verb: str, values: Sequence[Any], error: type[Exception]) -> Any:
     many = getattr(codec, f"{verb}_many", None)
-    if many is not None:
-        return many(values)
     try:
-        return list(map(getattr(codec, verb), values))
+        return many(values) if many is not None else list(map(getattr(codec, verb), values))
     except error:
         return None
 

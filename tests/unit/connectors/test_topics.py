@@ -126,6 +126,16 @@ def test_decode_errors_become_chunk_errors_with_position_and_raw_bytes(log: Log)
     assert str(chunk.errors[1]).count("cannot decode") == 1
 
 
+def test_a_bad_value_in_a_batch_without_tombstones_is_found_one_by_one(log: Log) -> None:
+    # The batch decode fails as a whole; the record-by-record pass names the bad one.
+    log.create_topic(TopicSpec("t"))
+    log.append("t", 0, json_records(b'{"id": 1, "symbol": "A"}', b"{", b'{"id": 3, "symbol": "C"}'))
+    chunk = readers(topic("t", Order).open(ctx(log)))[0].poll(10, False)
+    assert chunk.records == [Order(id=1, symbol="A"), Order(id=3, symbol="C")]
+    assert chunk.offsets == [0, 2]
+    assert [(e.position, e.raw) for e in chunk.errors] == [("t/0@1", b"{")]
+
+
 def test_ts_field_copies_the_log_timestamp_into_records(log: Log) -> None:
     log.create_topic(TopicSpec("t"))
     log.append("t", 0, [LogRecord(None, b'{"id": 1, "symbol": "A"}', 1234)])
@@ -180,6 +190,36 @@ def test_unkeyed_records_go_round_robin_by_offset_else_by_value(log: Log) -> Non
     conn.write(sink_batch([{"n": 1}], [0]))
     ((_, part, _),) = conn.drain_log_records()
     assert part == zlib.crc32(b'{"n":1}') % 3
+
+
+def test_a_keyed_sink_places_records_without_a_key_like_an_unkeyed_one(log: Log) -> None:
+    # A key function returning None for some records: the whole batch takes the
+    # record-by-record path, and those records go by offset (else by value).
+    conn = topic("m", key=lambda r: r.get("k"), partitions=3).open(ctx(log))
+    rows = [{"k": "a"}, {"n": 1}, {"k": "b"}, {"n": 2}]
+    conn.write(sink_batch(rows, [1, 2, 3, 4], offsets=[10, 11, 12, 13]))
+    placed = [
+        (part, rec.key, rec.ts_ms) for _, part, recs in conn.drain_log_records() for rec in recs
+    ]
+    expected = [
+        (zlib.crc32(b"a") % 3, b"a", 1),
+        (11 % 3, None, 2),
+        (zlib.crc32(b"b") % 3, b"b", 3),
+        (13 % 3, None, 4),
+    ]
+    assert sorted(placed, key=lambda x: x[2]) == expected
+    conn.write(sink_batch([{"n": 3}], [5]))
+    ((_, part, _),) = conn.drain_log_records()
+    assert part == zlib.crc32(b'{"n":3}') % 3
+
+
+def test_keyed_sink_errors_name_the_record(log: Log) -> None:
+    conn = topic("e", key="id", partitions=2).open(ctx(log))
+    with pytest.raises(SinkError, match="cannot encode a dict"):
+        conn.write(sink_batch([{"id": 1, "v": 1}, {"id": 2, "v": object()}], [0, 0]))
+    compacted = topic("ce", key=lambda r: r.get("id"), compacted=True).open(ctx(log))
+    with pytest.raises(SinkError, match="compacted, so every record needs a key"):
+        compacted.write(sink_batch([{"id": 1}, {"x": 1}], [0, 0]))
 
 
 def test_sink_without_checkpointer_appends_on_flush(log: Log) -> None:

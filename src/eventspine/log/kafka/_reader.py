@@ -270,7 +270,8 @@ def _sift(
         LogError: a message carries an error other than end-of-partition.
     """
     if not any(map(_ERROR, messages)):
-        offsets = cast("list[int]", list(map(_OFFSET, messages)))  # records have offsets
+        # A delivered record always has an offset (None is for errors and events only).
+        offsets = cast("list[int]", list(map(_OFFSET, messages)))
         if offsets[0] >= reader.next_offset and all(map(lt, offsets, offsets[1:])):
             reader.next_offset = offsets[-1] + 1
             return messages, offsets, False
