@@ -28,9 +28,11 @@ Failpoints (see :mod:`eventspine.failpoints`) mark each step of the protocol:
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -336,9 +338,10 @@ class Checkpointer:
         if self.restore_progress is not None:  # metrics hook
             changelogs = [names.changelog(self.pipeline, op.name) for op in self.stateful]
             self.restore_progress.plan(topics, self.partition, changelogs)
-        for op in self.stateful:
-            copy = None if warm is None else warm.get(op.name)
-            op.restore(self._read_changelog(op.name, topics, copy))
+        with _gc_paused():
+            for op in self.stateful:
+                copy = None if warm is None else warm.get(op.name)
+                op.restore(self._read_changelog(op.name, topics, copy))
 
     def _starts_at_group_positions(self) -> bool:
         """Whether a topic source's reader starts at a position the group committed."""
@@ -593,6 +596,26 @@ def dead_letter_value(e: DeadLetterEntry, ckpt: int) -> bytes:
             "checkpoint": ckpt,
         }
     )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a restore builds its state.
+
+    A restore allocates millions of objects (decoded keys, values, accumulators)
+    and none of them is garbage yet, but each allocation burst makes the
+    collector traverse every live object again, those of the worker's other
+    tasks included: with 700k live entries, decoding 166k entries took 1.2 s
+    instead of 0.3-0.4 s. Reference counting still frees everything as usual;
+    the collector resumes (as it was) when the block ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def checkpoints_spec(pipeline: str, partitions: int = 1) -> TopicSpec:
