@@ -28,6 +28,7 @@ __all__ = [
     "TS_COL",
     "Batch",
     "Event",
+    "all_exactly",
     "field_getter",
     "is_event_type",
     "record_fields",
@@ -74,6 +75,14 @@ def field_getter(name: str, record_type: type | None) -> Callable[[Any], Any]:
         return by_item(record) if isinstance(record, dict) else by_attr(record)
 
     return get
+
+
+def all_exactly(values: Sequence[Any], kind: type) -> bool:
+    """Return whether every value's type is exactly ``kind`` (one C-level pass).
+
+    ``all_exactly(ts, int)`` is false for a ``bool``, unlike ``isinstance``.
+    """
+    return set(map(type, values)) <= {kind}
 
 
 def record_fields(record: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from eventspine.dataflow.expr import Expr
 from eventspine.dataflow.ports import SourceReader
 from eventspine.dataflow.steps import SourceStep
-from eventspine.records import OFF_COL, TS_COL, Batch, field_getter
+from eventspine.records import OFF_COL, TS_COL, Batch, all_exactly, field_getter
 from eventspine.runtime.operator import ErrorBoundary, Output
 from eventspine.timeutil import MAX_TS_MS, MIN_TS_MS, Clock, to_ms
 
@@ -256,7 +256,7 @@ class SourceRunner:
         assert fn is not None
         try:
             ts = list(map(fn, records))
-            if not _all_ints(ts):  # else they already are epoch milliseconds
+            if not all_exactly(ts, int):  # else they already are epoch milliseconds
                 ts = list(map(_as_ms, ts))
             return Batch(records, ts, offsets=offs, partition=partition, record_type=rtype)
         except Exception:  # noqa: S110  # the per-record pass below finds and reports the culprit
@@ -283,14 +283,6 @@ class SourceRunner:
         if self._ts_field is not None:
             return f"field '{self._ts_field}' must hold epoch milliseconds (int) or a datetime"
         return "the timestamp function must return epoch milliseconds (int) or a datetime"
-
-
-def _all_ints(values: list[Any]) -> bool:
-    """Return whether every value is exactly an ``int`` (one C-level pass; not ``bool``)."""
-    return set(map(type, values)) <= _INT_ONLY
-
-
-_INT_ONLY = frozenset({int})
 
 
 def _as_ms(value: Any) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from eventspine.dataflow.expr import Expr
 from eventspine.dataflow.steps import FilterStep, FlatMapStep, KeyByStep, MapStep, Step
 from eventspine.errors import StepError
-from eventspine.records import KEY_COL, Batch, field_getter, record_fields
+from eventspine.records import KEY_COL, Batch, all_exactly, field_getter, record_fields
 from eventspine.runtime.operator import ErrorBoundary, Operator, Output
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class Stage:
     def _filter(self, batch: Batch) -> Batch:
         mask, failed = self._rows_with_policy(batch)
         rows, ts, keys, offs = _drop_rows(batch, failed)
-        keep = mask if _all_bools(mask) else [bool(m) for m in mask]  # truth tested once
+        keep = mask if all_exactly(mask, bool) else [bool(m) for m in mask]  # truth tested once
         return batch.with_rows(
             list(compress(rows, keep)),
             list(compress(ts, keep)),
@@ -189,14 +189,6 @@ def _set_fields(exprs: dict[str, Fn]) -> Fn:
         return out
 
     return setter
-
-
-def _all_bools(values: list[Any]) -> bool:
-    """Return whether every value is exactly a ``bool`` (one C-level pass)."""
-    return set(map(type, values)) <= _BOOL_ONLY
-
-
-_BOOL_ONLY = frozenset({bool})
 
 
 def _lazy(build: Callable[[], Vector]) -> Vector:
