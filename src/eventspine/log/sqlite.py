@@ -32,9 +32,13 @@ too, at the cost of one fsync per commit. A failed SQLite write is treated
 like a crash: the transaction is rolled back and the file is reopened, so
 nothing is assumed durable that was not committed.
 
-**Concurrency.** One writer process per file (another process may read).
+**Concurrency.** One process writes at a time (others may read meanwhile).
 Within the process every method is thread-safe; writes are serialized and
-a second writing process waits up to ``busy_timeout`` for the lock.
+a second writing process waits up to ``busy_timeout`` for the lock. The
+workers of ``eventspine run --workers N`` share one file: each encodes the
+records of its next commit before it takes the lock (at the end offset it
+last wrote, checked under the lock), so the lock is held only for the
+inserts and the commit.
 """
 
 from __future__ import annotations
@@ -135,6 +139,11 @@ class SqliteLog:
         # appended since], loaded from the file on first use; a heuristic only (it decides
         # when to compact, never what survives), dropped after any failed write.
         self._sizes: dict[tuple[int, int], list[int]] = {}
+        # Per (topic id, partition): its end offset after this object's last append. The
+        # records of the next append are encoded at that offset *before* the write lock is
+        # taken (another worker process may be waiting for it); under the lock the true end
+        # is checked, and the rare batch encoded at a stale offset is encoded again.
+        self._ends: dict[tuple[int, int], int] = {}
         self._closed = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,8 +198,9 @@ class SqliteLog:
         if not records:
             with self._reading("read an end offset") as f:
                 return f.bounds(tid, partition)[1]
+        ahead = self._encode_ahead(tid, spec, partition, records)
         with self._writing(f"append to {topic}[{partition}]") as f:
-            first = self._append(f, tid, spec, partition, records)
+            first = self._append(f, tid, spec, partition, records, ahead)
             if spec.compacted:
                 self._compact_if_due(f, tid, spec, partition)
             return first
@@ -202,13 +212,19 @@ class SqliteLog:
         spec: TopicSpec,
         partition: int,
         records: Sequence[LogRecord],
+        ahead: list[EncodedBatch] | None = None,
     ) -> int:
+        """Insert ``records`` at the partition's end (``ahead``: encoded at a guess of it)."""
         log_start, end, cleaned_end = f.partition_state(tid, partition)
-        where = f"{spec.name}[{partition}]"
-        batches = encode_records(where, records, end, keyed=spec.compacted, decode=False)
+        batches = ahead
+        if batches is None or batches[0].base_offset != end:
+            where = f"{spec.name}[{partition}]"
+            batches = encode_records(where, records, end, keyed=spec.compacted, decode=False)
         for batch in batches:
             _insert(f, tid, partition, batch)
-        f.set_partition_state(tid, partition, log_start, batches[-1].last_offset + 1, cleaned_end)
+        new_end = batches[-1].last_offset + 1
+        f.set_partition_state(tid, partition, log_start, new_end, cleaned_end)
+        self._ends[(tid, partition)] = new_end  # a guess: a rollback makes it stale
         if spec.compacted:
             sizes = self._sizes.get((tid, partition))
             if sizes is None:  # read after the insert: the new batches count as appended
@@ -216,6 +232,20 @@ class SqliteLog:
             else:
                 sizes[1] += sum(b.size for b in batches)
         return end
+
+    def _encode_ahead(
+        self, tid: int, spec: TopicSpec, partition: int, records: Sequence[LogRecord]
+    ) -> list[EncodedBatch] | None:
+        """Encode ``records`` at the end this object last wrote, outside the write lock.
+
+        None when this object has not written the partition yet (they are encoded under
+        the lock). Invalid records raise here, before anything is written.
+        """
+        end = self._ends.get((tid, partition))
+        if end is None:
+            return None
+        where = f"{spec.name}[{partition}]"
+        return encode_records(where, records, end, keyed=spec.compacted, decode=False)
 
     def read(
         self, topic: str, partition: int, offset: int, max_records: int = 1000
@@ -262,14 +292,18 @@ class SqliteLog:
         return BufferedTransaction(lambda topic: self._lookup(topic)[1], self._commit)
 
     def _commit(self, pending: Pending) -> None:
+        appends = [
+            (*self._lookup(topic), partition, records)
+            for (topic, partition), records in pending.appends.items()
+            if records
+        ]
+        ahead = [self._encode_ahead(tid, spec, p, records) for tid, spec, p, records in appends]
         with self._writing("commit a transaction") as f:
             compacted: list[tuple[int, TopicSpec, int]] = []
-            for (topic, partition), records in pending.appends.items():
-                if records:
-                    tid, spec = self._lookup(topic)
-                    self._append(f, tid, spec, partition, records)
-                    if spec.compacted:
-                        compacted.append((tid, spec, partition))
+            for (tid, spec, partition, records), encoded in zip(appends, ahead, strict=True):
+                self._append(f, tid, spec, partition, records, encoded)
+                if spec.compacted:
+                    compacted.append((tid, spec, partition))
             for (group, topic), positions in pending.positions.items():
                 f.upsert_positions(group, self._lookup(topic)[0], positions)
             for tid, spec, partition in compacted:
