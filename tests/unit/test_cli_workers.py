@@ -1,6 +1,8 @@
 """How ``eventspine run --workers N`` starts its children (cli/workers.py).
 
-The runs themselves are tested in ``tests/scaleout/test_sqlite_workers.py``
+On Linux a child is forked from the command; it must behave as the fresh
+``python -m eventspine.cli.main`` it replaces (the fallback, tested here
+too). The runs themselves are tested in ``tests/scaleout/test_sqlite_workers.py``
 and ``tests/integration/test_worker_metrics_cli.py``.
 """
 
@@ -14,6 +16,10 @@ from pathlib import Path
 import pytest
 
 from eventspine.cli.workers import child_args, child_argv
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="workers are forked on Linux only"
+)
 
 
 def test_each_child_gets_its_index_and_its_own_metrics_port() -> None:
@@ -32,60 +38,88 @@ def test_each_child_gets_its_index_and_its_own_metrics_port() -> None:
     assert child_argv(["run", "p.py:x"], 0)[:3] == [sys.executable, "-m", "eventspine.cli.main"]
 
 
-_START = textwrap.dedent(
+# The parent: like run_workers, with the command's signal handlers installed; it
+# prints (unflushed) and registers an exit hook before it starts the child.
+_PARENT = textwrap.dedent(
     """
-    import sys, threading
-    from eventspine.cli.workers import _start
+    import atexit, os, signal, sys, threading, time
+    from eventspine.cli.run import Signals
+    from eventspine.cli.workers import _Stopper, _start
 
+    mode, target = sys.argv[1], sys.argv[2]
     stop = threading.Event()
-    if sys.argv[1] == "threaded":
+    if mode == "threaded":
         threading.Thread(target=stop.wait).start()
-    child = _start(["run", sys.argv[2]], 0)
-    code = child.wait()
+    if mode == "signal":  # the child is slow to put its own handlers in place
+        real = os.setsid
+        os.setsid = lambda: (time.sleep(0.5), real())[1]
+    atexit.register(print, "parent hook", flush=True)
+    print("parent output", end="")  # still buffered at the fork
+    signals = Signals()
+    signals.executor = _Stopper()
+    with signals.installed():
+        child = _start(["run", target], 0)
+        if mode == "signal":
+            os.kill(child.pid, signal.SIGTERM)
+        code = child.wait()
     stop.set()
-    print(type(child).__name__, code, flush=True)
+    print("", type(child).__name__, code, flush=True)
     """
 )
 
 
-@pytest.mark.parametrize(
-    ("parent", "how"), [("alone", "_Forked"), ("threaded", "Popen")], ids=["fork", "spawn"]
-)
-def test_a_child_runs_main_on_its_command_line_and_reports_its_code(parent: str, how: str) -> None:
-    """Forked when the parent runs no other thread (Linux), else a fresh interpreter."""
-    if how == "_Forked" and not sys.platform.startswith("linux"):
-        pytest.skip("workers are forked on Linux only")
-    done = subprocess.run(  # a target that does not exist: main's usage error, exit code 2
-        [sys.executable, "-c", _START, parent, "no_such_module_here:pipeline"],
+def _parent(mode: str, target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _PARENT, mode, target],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("mode", "how"),
+    [pytest.param("alone", "_Forked", marks=linux_only), ("threaded", "Popen")],
+    ids=["fork", "spawn"],
+)
+def test_a_child_runs_main_on_its_command_line_and_reports_its_code(mode: str, how: str) -> None:
+    """Forked when the parent runs no other thread (Linux), else a fresh interpreter."""
+    done = _parent(mode, "no_such_module_here:pipeline")  # main's usage error: exit code 2
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [how, "2"], done.stderr
-    # The child's own error, once (a fork must not print the parent's buffered output).
+    # The parent's buffered output and its exit hook, once each: not again from the child.
+    assert done.stdout.split() == ["parent", "output", how, "2", "parent", "hook"], done.stderr
     assert done.stderr.count("error:") == 1, done.stderr
     assert "no_such_module_here" in done.stderr
 
 
-def test_a_forked_child_runs_the_exit_hooks_of_its_modules(tmp_path: Path) -> None:
-    """Like a fresh interpreter on its way out, though a fork leaves by ``os._exit``."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("workers are forked on Linux only")
-    marker = tmp_path / "exited"
-    module = tmp_path / "hooked.py"
-    module.write_text(
-        f"import atexit, pathlib\n"
-        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
-        f"pipeline = 42  # not a pipeline: the child fails with a usage error\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", _START, "alone", f"{module}:pipeline"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.stdout.split() == ["_Forked", "2"], done.stderr
-    assert marker.read_text() == "yes"
+_EXITING = """
+import atexit, pathlib, sys, threading, time
+here = pathlib.Path(__file__).parent
+atexit.register((here / "hook").write_text, "ran")
+def late():
+    time.sleep(0.3)
+    (here / "thread").write_text("done")
+threading.Thread(target=late).start()  # not a daemon: the interpreter waits for it
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("mode", [pytest.param("alone", marks=linux_only), "threaded"])
+def test_a_child_exits_as_an_interpreter_does(tmp_path: Path, mode: str) -> None:
+    """sys.exit(3) in the user's module; its thread finishes, its exit hook runs."""
+    module = tmp_path / "exiting.py"
+    module.write_text(_EXITING)
+    done = _parent(mode, f"{module}:pipeline")
+    assert done.stdout.split()[-3:-2] == ["3"], done.stderr
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "hook").read_text() == "ran"
+
+
+@linux_only
+def test_a_signal_at_the_fork_stops_the_child(tmp_path: Path) -> None:
+    """Sent before the child has its own handlers, it must not reach the parent's copy."""
+    module = tmp_path / "slow.py"
+    module.write_text("import time\ntime.sleep(5)\npipeline = 42\n")
+    done = _parent("signal", f"{module}:pipeline")
+    assert done.stdout.split()[-4:-2] == ["_Forked", "-15"], done.stderr

@@ -15,7 +15,11 @@ runs ``main`` on its own command line: a second worker then starts as fast as
 one (a fresh interpreter would import everything again, about 0.3 s of the
 run). Elsewhere, or with another thread running (``main`` called inside a
 threaded program), each child is a fresh ``python -m eventspine.cli.main``.
-Either way the child's user code (the pipeline module) is loaded in the child.
+Either way the pipeline module is loaded in the child. A forked child behaves
+as the fresh one would: SIGINT/SIGTERM are held across the fork and reach the
+default handlers (never the parent's), the parent's exit hooks are dropped,
+``sys.exit`` in user code gives its code, and on the way out the child waits
+for its non-daemon threads and runs its exit hooks before ``os._exit``.
 
 Children die with the parent: on Linux each asks the kernel for SIGTERM when its
 parent exits (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the parent stops the
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -36,11 +41,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Protocol, TextIO
 
-from .run import ForcedStop, Signals
+from .run import Signals
 
 __all__ = ["run_workers"]
 
@@ -114,12 +119,18 @@ class _Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: its code is lost (as Popen)
+                self.returncode = 0
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
+        # Only poll() reaps the child, so until it has seen the exit the pid is still ours
+        # (a zombie at worst, which ignores the signal).
         if self.poll() is None:
             os.kill(self.pid, sig)
 
@@ -130,16 +141,19 @@ class _Forked:
         self.send_signal(signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int:
-        if timeout is not None:
-            raise NotImplementedError("the parent only waits for a killed child")
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            time.sleep(0.01)
+        return code
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _can_fork() -> bool:
-    """Fork only on Linux, and only while this process runs no other thread."""
+    """Fork only on Linux, and only while this process runs no other (Python) thread."""
     return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
@@ -156,40 +170,66 @@ def _start(args: list[str], index: int) -> Child:
         )
     for stream in (sys.stdout, sys.stderr):  # else the child would print it again
         stream.flush()
+    # Until the child has put back the default handlers, a signal would reach the
+    # parent's handler (in the child) and be lost: hold SIGINT/SIGTERM across the fork.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return _Forked(pid)
-    os._exit(_run_forked(child_args(args, index), parent))  # never returns
-
-
-def _run_forked(args: list[str], parent: int) -> int:
-    """The forked child: its own session, signals as in a fresh interpreter, ``main``."""
     code = 1
     try:
-        os.setsid()
+        code = _run_forked(child_args(args, index), parent, mask)
+    finally:
+        os._exit(code)  # never unwind into the parent's frames (they would stop siblings)
+
+
+def _run_forked(args: list[str], parent: int, mask: Iterable[int]) -> int:
+    """The forked child: as a fresh ``python -m eventspine.cli.main ARGS`` would run."""
+    code = 1
+    try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal lands here
+        atexit._clear()  # the parent's exit hooks are the parent's
+        atexit.register(logging.shutdown)  # as importing logging registers it
+        os.setsid()
         arm = _die_with(parent)
         if arm is not None:
             arm()
         from .main import main  # imported already (it called us): no import cycle at load
 
-        sys.argv = [sys.argv[0], *args]  # as a fresh interpreter would see it
+        sys.argv = [sys.argv[0], *args]
         code = main(args)
-    except ForcedStop as exc:  # a signal in the first instructions, to the parent's handler
-        code = exc.exit_code
+    except SystemExit as exc:  # sys.exit() in the user's code: what the interpreter does
+        code = _system_exit_code(exc)
+    except KeyboardInterrupt:  # SIGINT before main's handlers (a fresh one would die of it)
+        code = 130
     except BaseException:  # the child must reach os._exit, whatever happened
-        with suppress(Exception):
+        with suppress(BaseException):
             traceback.print_exc()
     finally:
-        # What a fresh interpreter does on its way out (os._exit skips it): the exit
-        # hooks (those of the user's modules too), then the standard streams.
+        # What a fresh interpreter does on its way out, which os._exit skips: wait for
+        # the non-daemon threads, run the exit hooks, flush the standard streams.
+        with suppress(BaseException):
+            threading._shutdown()  # type: ignore[attr-defined]
         with suppress(BaseException):
             atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
-            with suppress(Exception):
+            with suppress(BaseException):
                 stream.flush()
     return code
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    """The exit code the interpreter gives ``SystemExit(code)`` (printing a message)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    with suppress(BaseException):
+        sys.stderr.write(f"{exc.code}\n")
+    return 1
 
 
 class _Stopper:

@@ -142,8 +142,11 @@ class SqliteLog:
         # Per (topic id, partition): its end offset after this object's last append. The
         # records of the next append are encoded at that offset *before* the write lock is
         # taken (another worker process may be waiting for it); under the lock the true end
-        # is checked, and the rare batch encoded at a stale offset is encoded again.
+        # is checked, and a batch encoded at a stale offset is encoded again. A partition
+        # found stale once is written by another process too (a repartition topic): its
+        # records are only validated ahead from then on, and encoded under the lock.
         self._ends: dict[tuple[int, int], int] = {}
+        self._shared: set[tuple[int, int]] = set()
         self._closed = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +183,8 @@ class SqliteLog:
             f.delete_topic(tid)
             del self._topics[name]
             self._sizes.clear()
+            self._ends.clear()
+            self._shared.clear()
 
     def topics(self) -> dict[str, TopicInfo]:
         """Return every topic with its partitions' committed offsets (see ``Log``)."""
@@ -218,6 +223,8 @@ class SqliteLog:
         log_start, end, cleaned_end = f.partition_state(tid, partition)
         batches = ahead
         if batches is None or batches[0].base_offset != end:
+            if batches is not None:
+                self._shared.add((tid, partition))
             where = f"{spec.name}[{partition}]"
             batches = encode_records(where, records, end, keyed=spec.compacted, decode=False)
         for batch in batches:
@@ -238,11 +245,12 @@ class SqliteLog:
     ) -> list[EncodedBatch] | None:
         """Encode ``records`` at the end this object last wrote, outside the write lock.
 
-        None when this object has not written the partition yet (they are encoded under
-        the lock). Invalid records raise here, before anything is written.
+        None when this object has not written the partition yet, or another process
+        writes it too: they are encoded (and validated) under the lock. Else invalid
+        records raise here, before the lock is waited for.
         """
         end = self._ends.get((tid, partition))
-        if end is None:
+        if end is None or (tid, partition) in self._shared:
             return None
         where = f"{spec.name}[{partition}]"
         return encode_records(where, records, end, keyed=spec.compacted, decode=False)

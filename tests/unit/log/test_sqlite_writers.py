@@ -13,6 +13,7 @@ import pytest
 
 from eventspine.errors import LogError
 from eventspine.log import LogRecord, SqliteLog, TopicSpec
+from eventspine.log.sqlite_file import SqliteLogFile
 
 
 def _values(log: SqliteLog, topic: str) -> list[tuple[int, bytes | None]]:
@@ -32,7 +33,7 @@ def test_two_writers_of_one_partition_get_dense_offsets(tmp_path: Path) -> None:
         txn.commit_positions("g", "t", {0: 5})
     with a.transaction() as txn:
         txn.append("t", 0, [LogRecord(None, b"a3", 5)])
-    with a.transaction() as txn:  # a's guess is right this time
+    with a.transaction() as txn:  # a knows by now that b writes "t" too
         txn.append("t", 0, [LogRecord(None, b"a4", 6)])
     expected = [(0, b"a0"), (1, b"a1"), (2, b"b0"), (3, b"a2"), (4, b"b1"), (5, b"a3")]
     assert _values(a, "t") == [*expected, (6, b"a4")]
@@ -41,23 +42,35 @@ def test_two_writers_of_one_partition_get_dense_offsets(tmp_path: Path) -> None:
     b.close()
 
 
-def test_a_rolled_back_append_leaves_no_gap(tmp_path: Path) -> None:
-    log = SqliteLog(tmp_path / "log.db")
+class FailingCommitFile(SqliteLogFile):
+    """Fails the next ``COMMIT`` like a full disk would, after every row is written."""
+
+    fail_next = False
+
+    def commit(self) -> None:
+        if FailingCommitFile.fail_next:
+            FailingCommitFile.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        super().commit()
+
+
+def test_a_failed_commit_leaves_no_gap(tmp_path: Path) -> None:
+    """The end this object expects is past the rolled-back records: it must not be used."""
+    log = SqliteLog(tmp_path / "log.db", file_type=FailingCommitFile)
     log.create_topic(TopicSpec("t"))
     log.append("t", 0, [LogRecord(None, b"a", 1)])
+    FailingCommitFile.fail_next = True
 
-    class Abort(Exception):
-        pass
-
-    def abandoned() -> None:
+    def checkpoint() -> None:
         with log.transaction() as txn:
-            txn.append("t", 0, [LogRecord(None, b"lost", 2)])
-            raise Abort
+            txn.append("t", 0, [LogRecord(None, b"lost", 2), LogRecord(None, b"lost", 2)])
 
-    with pytest.raises(Abort):
-        abandoned()
+    with pytest.raises(LogError, match="disk is full"):
+        checkpoint()
     assert log.append("t", 0, [LogRecord(None, b"b", 3)]) == 1
-    assert _values(log, "t") == [(0, b"a"), (1, b"b")]
+    with log.transaction() as txn:
+        txn.append("t", 0, [LogRecord(None, b"c", 4)])
+    assert _values(log, "t") == [(0, b"a"), (1, b"b"), (2, b"c")]
     log.close()
 
 
