@@ -24,7 +24,7 @@ import eventspine.log.sqlite as sqlite_log
 from eventspine.errors import LogError
 from eventspine.log import LogRecord, MemoryLog, SqliteLog, TopicSpec
 from eventspine.log.base import StoredRecord
-from eventspine.log.sqlite_file import SqliteLogFile
+from log_faults import FailingCommitFile
 
 STATE = TopicSpec("state", compacted=True, tombstone_retention=timedelta(milliseconds=10))
 
@@ -109,25 +109,15 @@ def test_compaction_on_append_keeps_what_enforce_retention_keeps(
     sqlite.close()
 
 
-class FailingCommit(SqliteLogFile):
-    fail_next = False
-
-    def commit(self) -> None:
-        if FailingCommit.fail_next:
-            FailingCommit.fail_next = False
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        super().commit()
-
-
 def test_a_failed_commit_keeps_the_old_copies_and_compacts_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_log, "COMPACT_MIN_BYTES", 100)
-    log = SqliteLog(tmp_path / "log.db", file_type=FailingCommit)
+    log = SqliteLog(tmp_path / "log.db", file_type=FailingCommitFile)
     log.create_topic(STATE)
     log.append("state", 0, [LogRecord(b"a", b"x" * 150, 0), LogRecord(b"b", b"1", 0)])
     before = everything(log)
-    FailingCommit.fail_next = True
+    FailingCommitFile.error = "disk I/O error (injected)"
     with pytest.raises(LogError, match="disk I/O"), log.transaction() as txn:
         # Enough bytes to compact inside the failing transaction.
         txn.append("state", 0, [LogRecord(b"a", b"f" * 200, 0)])

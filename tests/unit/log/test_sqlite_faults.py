@@ -11,28 +11,14 @@ import pytest
 
 from eventspine.errors import LogError
 from eventspine.log import LogRecord, SqliteLog, TopicSpec
-from eventspine.log.sqlite_file import SqliteLogFile
-
-
-class FailingCommitFile(SqliteLogFile):
-    """Fails the next ``COMMIT`` like a full disk would (SQLITE_FULL)."""
-
-    fail_next = False
-
-    def commit(self) -> None:
-        if FailingCommitFile.fail_next:
-            FailingCommitFile.fail_next = False
-            import sqlite3
-
-            raise sqlite3.OperationalError("database or disk is full")
-        super().commit()
+from log_faults import FailingCommitFile
 
 
 def test_a_failed_commit_rolls_back_and_the_log_keeps_working(tmp_path: Path) -> None:
     log = SqliteLog(tmp_path / "log.db", file_type=FailingCommitFile)
     log.create_topic(TopicSpec("out"))
     log.append("out", 0, [LogRecord(None, b"a", 1)])
-    FailingCommitFile.fail_next = True
+    FailingCommitFile.error = "database or disk is full"
 
     def checkpoint() -> None:
         with log.transaction() as txn:

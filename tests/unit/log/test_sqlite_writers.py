@@ -13,7 +13,7 @@ import pytest
 
 from eventspine.errors import LogError
 from eventspine.log import LogRecord, SqliteLog, TopicSpec
-from eventspine.log.sqlite_file import SqliteLogFile
+from log_faults import FailingCommitFile
 
 
 def _values(log: SqliteLog, topic: str) -> list[tuple[int, bytes | None]]:
@@ -42,24 +42,12 @@ def test_two_writers_of_one_partition_get_dense_offsets(tmp_path: Path) -> None:
     b.close()
 
 
-class FailingCommitFile(SqliteLogFile):
-    """Fails the next ``COMMIT`` like a full disk would, after every row is written."""
-
-    fail_next = False
-
-    def commit(self) -> None:
-        if FailingCommitFile.fail_next:
-            FailingCommitFile.fail_next = False
-            raise sqlite3.OperationalError("database or disk is full")
-        super().commit()
-
-
 def test_a_failed_commit_leaves_no_gap(tmp_path: Path) -> None:
     """The end this object expects is past the rolled-back records: it must not be used."""
     log = SqliteLog(tmp_path / "log.db", file_type=FailingCommitFile)
     log.create_topic(TopicSpec("t"))
     log.append("t", 0, [LogRecord(None, b"a", 1)])
-    FailingCommitFile.fail_next = True
+    FailingCommitFile.error = "database or disk is full"
 
     def checkpoint() -> None:
         with log.transaction() as txn:
