@@ -67,8 +67,11 @@ asserted against the bench README (1,264,102 rows).
 under ``python -m cProfile`` (left out of the medians) and prints the top 15 by cumulative
 and by internal time.
 
-Every figure carries ``os.getloadavg()`` (1-min) at the start and end of its run: the
-machine has 2 cores shared with other jobs, and 2 workers can at best use both. Results:
+Every figure carries ``os.getloadavg()`` (1-min) at the start and end of its run, and
+``steal_share``: the share of the machine's CPU time the hypervisor gave to other guests
+during the run (``steal`` in ``/proc/stat``; on a virtual machine the load average does
+not show it): the machine has 2 cores
+shared with other jobs, and 2 workers can at best use both. Results:
 a table on stdout and ``benchmarks/results/workers_<date>.json``.
 """
 
@@ -271,6 +274,7 @@ def run_once(
     else:
         cmd = [EVENTSPINE]
     load0 = os.getloadavg()[0]
+    steal0 = _steal_s()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -325,6 +329,9 @@ def run_once(
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res.update(load1_start=load0, load1_end=load1, exit_code=proc.returncode)
     res.update(cpu_s=cpu, cores_used=cpu / (t_exit - t0))
+    steal = _steal_s()
+    if steal is not None and steal0 is not None:
+        res["steal_share"] = (steal - steal0) / ((os.cpu_count() or 1) * (t_exit - t0))
     if done is None:
         res.update(ok=False, error="not done:\n" + "\n".join(err_lines[-30:]))
         return res
@@ -498,6 +505,15 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+def _steal_s() -> float | None:
+    """CPU seconds the hypervisor gave to others (``steal`` of ``/proc/stat``), all CPUs."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _line(r: dict[str, Any]) -> str:
     if not r.get("ok"):
         return f"  P={r['partitions']} W={r['workers']} rep {r['rep']}: FAILED {r.get('error')}"
@@ -507,6 +523,7 @@ def _line(r: dict[str, Any]) -> str:
         f"({r['total_s']:.1f} s; start-up {r['startup_s'] or 0:.1f} s; excl. start-up "
         f"{run or 0:,.0f} ev/s) cpu {r['cpu_s']:.1f} s = {r['cores_used']:.2f} cores; "
         f"load {r['load1_start']:.2f}->{r['load1_end']:.2f} "
+        f"steal {100 * r.get('steal_share', 0):.0f} % "
         f"check={'ok' if r['check']['pass'] else r['check']} same={r['same_as_first_run']} "
         f"float-diff rows={r['vs_first_run']['float_diffs']}"
     )
