@@ -440,7 +440,11 @@ class LogConformance:
             latest: dict[bytes, bytes | None] = {}
             steps = list(fold_latest(log, name, 0, 0, end, latest))
             _equal(latest, {b"k0": b"v2", b"k1": None, b"k2": b"v"}, "folded from the start")
-            _equal(sum(n for _, n in steps), 6, "records folded")
+            folded = sum(n for _, n in steps)
+            if self.broker_retention:  # the server may have compacted k0: v0, k1: v1 and v3
+                _check(3 <= folded <= 6, f"records folded: expected 3 to 6, got {folded}")
+            else:
+                _equal(folded, 6, "records folded")
             _check(steps[-1][0] <= end, f"next offset {steps[-1][0]} past the end {end}")
             middle: dict[bytes, bytes | None] = {b"k9": b"kept"}
             list(fold_latest(log, name, 0, 3, end, middle))
