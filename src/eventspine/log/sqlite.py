@@ -143,8 +143,9 @@ class SqliteLog:
         # records of the next append are encoded at that offset *before* the write lock is
         # taken (another worker process may be waiting for it); under the lock the true end
         # is checked, and a batch encoded at a stale offset is encoded again. A partition
-        # found stale once is written by another process too (a repartition topic): its
-        # records are only validated ahead from then on, and encoded under the lock.
+        # found stale once is taken to be written by another process too (a repartition
+        # topic; or this object's commit failed, which only costs speed): from then on its
+        # records are encoded under the lock, as they were before this guess existed.
         self._ends: dict[tuple[int, int], int] = {}
         self._shared: set[tuple[int, int]] = set()
         self._closed = False
