@@ -11,9 +11,9 @@ parent stop the others, so a half-running pipeline never goes unnoticed.
 
 **Start-up.** On Linux, when this process runs no other thread, each child is
 forked from it once the command line is parsed and eventspine is imported, and
-runs ``main`` on its own command line: a second worker then starts as fast as
-one (a fresh interpreter would import everything again, about 0.3 s of the
-run). Elsewhere, or with another thread running (``main`` called inside a
+runs ``main`` on its own command line: a second worker then adds little to the
+start-up (a fresh interpreter would import everything again, about 0.3 s of
+the run). Elsewhere, or with another thread running (``main`` called inside a
 threaded program), each child is a fresh ``python -m eventspine.cli.main``.
 Either way the pipeline module is loaded in the child. A forked child behaves
 as the fresh one would: SIGINT/SIGTERM are held across the fork and reach the
